@@ -1,0 +1,15 @@
+r"""deepinv-deq: deep equilibrium models for imaging inverse problems, trained with equivariant
+imaging, as a plugin for `deepinv <https://deepinv.github.io>`_.
+
+Importing this package registers :class:`DEQ` as ``deepinv.models.DEQ``,
+:class:`ImplicitBackward` as ``deepinv.optim.ImplicitBackward`` and the DEQ-aware losses under
+``deepinv.loss``.
+"""
+
+from .implicit import ImplicitBackward
+from .deq import DEQ
+from . import solvers, maps
+
+__version__ = "0.1.0"
+
+__all__ = ["DEQ", "ImplicitBackward", "solvers", "maps", "__version__"]

@@ -1,0 +1,258 @@
+r"""The deep equilibrium reconstructor: a fixed-point map, a forward solver and a backward."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from deepinv.models import Reconstructor
+
+from ._validation import check_choice, reject_unknown
+from .implicit import ImplicitBackward
+from .maps import build_map
+from .solvers import SolverStats, get_solver
+
+FORWARD_SOLVERS = ("fixed_point", "anderson")
+INITS = ("adjoint", "pseudo_inverse")
+
+
+class DEQ(Reconstructor):
+    r"""Deep equilibrium model: the reconstruction is the fixed point of one iteration of an algorithm.
+
+    .. math::
+
+        \hat{x} = x^\star \quad\text{with}\quad x^\star = F_\theta(x^\star; y, A),
+
+    where :math:`F_\theta` is e.g. a proximal gradient step whose proximal operator is the learned
+    denoiser :math:`D_\theta`. The forward pass solves for :math:`x^\star` without building an
+    autograd graph (fixed-point iteration or Anderson acceleration, per-sample stopping); the
+    gradient is obtained by implicit differentiation (or JFB / phantom gradients), see
+    :class:`deepinv_deq.ImplicitBackward`. Memory is therefore constant in the number of iterations.
+
+    :param torch.nn.Module denoiser: the denoiser :math:`D_\theta`, called ``denoiser(x, sigma)``
+        (e.g. :class:`deepinv.models.DnCNN`). Required for the built-in iterations.
+    :param str, Callable iteration: ``"PGD"`` (default), ``"HQS"``, ``"RED"`` (see
+        :mod:`deepinv_deq.maps`), or a callable ``F(x, y, physics) -> x`` (then ``denoiser``,
+        ``stepsize``, ``sigma_denoiser``, ``data_fidelity``, ``lambda_reg`` and
+        ``trainable_params`` must be left unset).
+    :param float stepsize: step size :math:`\eta` (default 1.0).
+    :param float sigma_denoiser: denoiser noise level :math:`\sigma` (default 0.05).
+    :param deepinv.optim.DataFidelity data_fidelity: default :class:`deepinv.optim.L2`.
+    :param int max_iter: maximum forward map evaluations (default 50).
+    :param float tol: forward relative residual tolerance (default ``1e-4``).
+    :param str, torch.nn.Module solver: ``"anderson"`` (default), ``"fixed_point"`` or a solver
+        instance from :mod:`deepinv_deq.solvers`.
+    :param str, ImplicitBackward backward: ``"implicit"`` (default), ``"jfb"``, ``"phantom"`` or an
+        :class:`ImplicitBackward` instance.
+    :param int backward_max_iter: maximum iterations of the implicit backward solve (default 50).
+    :param float backward_tol: tolerance of the implicit backward solve (default ``1e-5``).
+    :param str backward_solver: ``"anderson"`` (default), ``"fixed_point"`` or ``"bicgstab"``.
+    :param float lambda_reg: regularisation weight of the RED iteration.
+    :param tuple trainable_params: scalar parameters to learn, among ``"stepsize"``,
+        ``"sigma_denoiser"`` (and ``"lambda_reg"`` for RED).
+    :param str, Callable init: initial iterate when none is passed: ``"adjoint"`` (:math:`A^\top y`,
+        default, as deepinv's optimisers), ``"pseudo_inverse"`` (:math:`A^\dagger y`) or a callable
+        ``init(y, physics)``.
+    :param dict solver_options: further options of the forward solver (e.g. ``history_size``).
+    :param dict backward_options: further options of :class:`ImplicitBackward`.
+
+    After each call, :attr:`forward_stats` holds the :class:`deepinv_deq.solvers.SolverStats` of the
+    forward solve and :attr:`backward_stats` those of the last implicit backward solve.
+
+    |sep|
+
+    :Example:
+
+    >>> import torch, deepinv as dinv
+    >>> from deepinv_deq import DEQ
+    >>> physics = dinv.physics.Inpainting(img_size=(1, 16, 16), mask=0.7)
+    >>> denoiser = dinv.models.DnCNN(1, 1, depth=3, nf=8, pretrained=None)
+    >>> model = DEQ(denoiser=denoiser, iteration="PGD", stepsize=1.0, max_iter=20, tol=1e-3)
+    >>> x = torch.rand(2, 1, 16, 16)
+    >>> y = physics(x)
+    >>> x_hat = model(y, physics)
+    >>> x_hat.shape, model.forward_stats.nfe <= 20
+    (torch.Size([2, 1, 16, 16]), True)
+    >>> torch.nn.functional.mse_loss(x_hat, x).backward()  # implicit differentiation
+    >>> model.backward_stats.solver
+    'anderson'
+    """
+
+    def __init__(
+        self,
+        denoiser: torch.nn.Module | None = None,
+        iteration="PGD",
+        stepsize: float | None = None,
+        sigma_denoiser: float | None = None,
+        data_fidelity=None,
+        max_iter: int = 50,
+        tol: float = 1e-4,
+        solver="anderson",
+        backward="implicit",
+        backward_max_iter: int | None = None,
+        backward_tol: float | None = None,
+        backward_solver: str | None = None,
+        lambda_reg: float | None = None,
+        trainable_params=(),
+        init="adjoint",
+        solver_options: dict | None = None,
+        backward_options: dict | None = None,
+        **unknown,
+    ):
+        super().__init__()
+        reject_unknown("DEQ", unknown, [])
+        self.map = build_map(
+            iteration,
+            denoiser=denoiser,
+            data_fidelity=data_fidelity,
+            stepsize=stepsize,
+            sigma_denoiser=sigma_denoiser,
+            lambda_reg=lambda_reg,
+            trainable_params=tuple(trainable_params),
+        )
+        solver_options = dict(solver_options or {})
+        if isinstance(solver, torch.nn.Module):
+            if solver_options:
+                raise ValueError("DEQ: 'solver_options' cannot be combined with a solver instance.")
+            self.solver = get_solver(solver, owner="DEQ")
+        else:
+            self.solver = get_solver(
+                solver, owner="DEQ", allowed=FORWARD_SOLVERS, max_iter=max_iter, tol=tol, **solver_options
+            )
+        backward_options = dict(backward_options or {})
+        if isinstance(backward, ImplicitBackward):
+            if backward_options or any(
+                v is not None for v in (backward_max_iter, backward_tol, backward_solver)
+            ):
+                raise ValueError(
+                    "DEQ: backward_max_iter, backward_tol, backward_solver and backward_options "
+                    "cannot be combined with an ImplicitBackward instance; set them on the instance."
+                )
+            self.backward = backward
+        else:
+            opts = dict(backward_options)
+            for name, value in (
+                ("max_iter", backward_max_iter),
+                ("tol", backward_tol),
+                ("solver", backward_solver),
+            ):
+                if value is not None:
+                    if name in opts:
+                        raise ValueError(f"DEQ: '{name}' given twice (backward_{name} and backward_options).")
+                    opts[name] = value
+            self.backward = ImplicitBackward(mode=backward, **opts)
+        if callable(init):
+            self.init = init
+        else:
+            self.init = check_choice("DEQ", "init", init, INITS)
+        self.forward_stats: SolverStats | None = None
+
+    @property
+    def backward_stats(self) -> SolverStats | None:
+        r"""Statistics of the last implicit backward solve (``None`` before the first one)."""
+        return self.backward.last_stats
+
+    def initial_iterate(self, y: Tensor, physics) -> Tensor:
+        r"""The default initial iterate :math:`x_0` (:math:`A^\top y`, :math:`A^\dagger y` or the
+        user's ``init`` callable)."""
+        if callable(self.init):
+            return self.init(y, physics)
+        if self.init == "pseudo_inverse":
+            return physics.A_dagger(y)
+        return physics.A_adjoint(y)
+
+    def _check_inputs(self, y: Tensor, init: Tensor | None, x0: Tensor) -> None:
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError("DEQ: the measurements y contain NaN or Inf.")
+        if init is None:
+            return
+        if not isinstance(init, Tensor):
+            raise ValueError(f"DEQ: 'init' must be a tensor, got {type(init).__name__}.")
+        if init.shape != x0.shape:
+            raise ValueError(
+                f"DEQ: 'init' has shape {tuple(init.shape)} but the physics maps y to images of "
+                f"shape {tuple(x0.shape)}."
+            )
+        if init.device != y.device:
+            raise ValueError(f"DEQ: 'init' is on {init.device} but y is on {y.device}.")
+        if not init.is_floating_point() and not init.is_complex():
+            raise ValueError(f"DEQ: 'init' must be a floating-point tensor, got {init.dtype}.")
+        if not bool(torch.isfinite(init).all()):
+            raise ValueError("DEQ: 'init' contains NaN or Inf.")
+
+    def forward(
+        self,
+        y: Tensor,
+        physics,
+        init: Tensor | None = None,
+        x_gt: Tensor | None = None,
+        compute_metrics: bool = False,
+        **kwargs,
+    ):
+        r"""Reconstruct :math:`x^\star` from the measurements.
+
+        :param torch.Tensor y: measurements.
+        :param deepinv.physics.Physics physics: forward operator.
+        :param torch.Tensor init: optional initial iterate (warm start); default from ``init``.
+        :param torch.Tensor x_gt: ground truth, used only with ``compute_metrics``.
+        :param bool compute_metrics: if ``True``, also return per-iteration metrics in the format of
+            :attr:`deepinv.Trainer.plot_convergence_metrics` (``{"residual": [[...]], "psnr":
+            [[...]]}``, indexed by sample then iteration).
+        :return: the reconstruction, or ``(x, metrics)`` when ``compute_metrics`` is ``True``.
+        """
+        reject_unknown("DEQ.forward", kwargs, [])
+        if not isinstance(y, Tensor):
+            raise ValueError(f"DEQ: y must be a tensor, got {type(y).__name__}.")
+        with torch.no_grad():
+            if init is None:
+                x0 = self.initial_iterate(y, physics)
+                self._check_inputs(y, None, x0)
+            else:
+                self._check_inputs(y, init, self._reference_image(y, physics, init))
+                x0 = init
+            x0 = x0.detach()
+
+        def fmap(x):
+            return self.map(x, y, physics)
+
+        callback = None
+        metrics = None
+        if compute_metrics:
+            metrics, callback = self._metrics_recorder(x_gt)
+        result = self.solver(fmap, x0, callback=callback)
+        self.forward_stats = result.stats
+        if torch.is_grad_enabled():
+            x = self.backward(fmap, result.x)
+        else:
+            x = result.fx
+        if compute_metrics:
+            return x, metrics
+        return x
+
+    def _reference_image(self, y, physics, init):
+        # an image of the shape the physics produces from y, to validate a user's init against
+        if callable(self.init) or not hasattr(physics, "A_adjoint"):
+            return init
+        return physics.A_adjoint(y)
+
+    @staticmethod
+    def _metrics_recorder(x_gt: Tensor | None):
+        from deepinv.loss.metric import PSNR
+
+        psnr = PSNR()
+        metrics = {"residual": None, "psnr": None}
+
+        def callback(k, x, fx):
+            B = x.shape[0]
+            if metrics["residual"] is None:
+                metrics["residual"] = [[] for _ in range(B)]
+                metrics["psnr"] = [[] for _ in range(B)]
+            res = (torch.linalg.vector_norm((fx - x).reshape(B, -1), dim=1) / (
+                torch.linalg.vector_norm(x.reshape(B, -1), dim=1) + 1e-12
+            )).tolist()
+            values = psnr(fx, x_gt).tolist() if x_gt is not None else None
+            for i in range(B):
+                metrics["residual"][i].append(res[i])
+                if values is not None:
+                    metrics["psnr"][i].append(values[i])
+
+        return metrics, callback

@@ -1,0 +1,254 @@
+r"""Fixed-point maps: one iteration of an optimisation algorithm whose prior step is a denoiser.
+
+A map is a :class:`torch.nn.Module` called as ``F(x, y, physics)``; a DEQ reconstruction is its
+fixed point :math:`x^\star = F(x^\star; y, A)`. With :math:`f(x) = d(Ax, y)` the data fidelity
+(default :class:`deepinv.optim.L2`, :math:`\tfrac12\|Ax-y\|^2`) and :math:`D_\sigma` the denoiser:
+
+- :class:`PGDMap`: :math:`F(x) = D_\sigma\big(x - \eta \nabla f(x)\big)`;
+- :class:`HQSMap`: :math:`F(x) = D_\sigma\big(\operatorname{prox}_{\eta f}(x)\big)`;
+- :class:`REDMap`: :math:`F(x) = x - \eta\big(\nabla f(x) + \lambda (x - D_\sigma(x))\big)`;
+- :class:`CallableMap`: any user function ``F(x, y, physics)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ._validation import check_choice, check_float
+
+SCALAR_PARAMS = ("stepsize", "sigma_denoiser", "lambda_reg")
+
+
+class FixedPointMap(torch.nn.Module):
+    r"""Base class of the fixed-point maps :math:`F(x; y, A)`.
+
+    Holds the scalar parameters (step size :math:`\eta`, denoiser noise level :math:`\sigma`,
+    regularisation weight :math:`\lambda`), each a trainable :class:`torch.nn.Parameter` when its
+    name is in ``trainable_params`` and a buffer otherwise.
+
+    :param torch.nn.Module denoiser: the denoiser :math:`D_\sigma`, called as ``denoiser(x, sigma)``.
+    :param deepinv.optim.DataFidelity data_fidelity: data fidelity :math:`f`; default
+        :class:`deepinv.optim.L2`.
+    :param float stepsize: :math:`\eta`.
+    :param float sigma_denoiser: :math:`\sigma`.
+    :param float lambda_reg: :math:`\lambda` (used by RED only).
+    :param tuple trainable_params: names among ``"stepsize"``, ``"sigma_denoiser"``,
+        ``"lambda_reg"`` to learn.
+    """
+
+    uses = ("stepsize", "sigma_denoiser")
+
+    def __init__(
+        self,
+        denoiser: torch.nn.Module,
+        data_fidelity=None,
+        stepsize: float = 1.0,
+        sigma_denoiser: float = 0.05,
+        lambda_reg: float | None = None,
+        trainable_params=(),
+    ):
+        super().__init__()
+        owner = type(self).__name__
+        if denoiser is None or not callable(denoiser):
+            raise ValueError(f"{owner}: 'denoiser' must be a callable module, got {denoiser!r}.")
+        self.denoiser = denoiser
+        if data_fidelity is None:
+            from deepinv.optim import L2
+
+            data_fidelity = L2()
+        self.data_fidelity = data_fidelity
+        if lambda_reg is not None and "lambda_reg" not in self.uses:
+            raise ValueError(f"{owner}: 'lambda_reg' is only used by the RED iteration.")
+        values = {
+            "stepsize": stepsize,
+            "sigma_denoiser": sigma_denoiser,
+            "lambda_reg": 1.0 if lambda_reg is None else lambda_reg,
+        }
+        trainable = tuple(trainable_params)
+        for name in trainable:
+            check_choice(owner, "trainable_params", name, self.uses)
+        for name in self.uses:
+            v = check_float(owner, name, values[name], 0.0, strict_min=True)
+            t = torch.tensor(v, dtype=torch.get_default_dtype())
+            if name in trainable:
+                setattr(self, name, torch.nn.Parameter(t))
+            else:
+                self.register_buffer(name, t)
+
+    def forward(self, x: Tensor, y: Tensor, physics) -> Tensor:
+        r"""Apply one iteration :math:`F(x; y, A)`.
+
+        :param torch.Tensor x: current iterate.
+        :param torch.Tensor y: measurements.
+        :param deepinv.physics.Physics physics: forward operator.
+        """
+        raise NotImplementedError
+
+    def _denoise(self, x: Tensor) -> Tensor:
+        return self.denoiser(x, self.sigma_denoiser.to(x.dtype))
+
+
+class PGDMap(FixedPointMap):
+    r"""Proximal gradient step with a denoiser as proximal operator.
+
+    .. math::
+
+        F(x) = D_\sigma\big(x - \eta \nabla f(x)\big), \qquad \nabla f(x) = A^\top(Ax - y)
+        \text{ for the default } \ell_2 \text{ fidelity.}
+
+    :param torch.nn.Module denoiser: :math:`D_\sigma`, called as ``denoiser(x, sigma)``.
+    :param deepinv.optim.DataFidelity data_fidelity: default :class:`deepinv.optim.L2`.
+    :param float stepsize: :math:`\eta`, typically below :math:`1/\|A\|^2`.
+    :param float sigma_denoiser: :math:`\sigma`.
+    :param tuple trainable_params: parameters to learn, among ``"stepsize"``, ``"sigma_denoiser"``.
+
+    |sep|
+
+    :Example:
+
+    >>> import torch, deepinv as dinv
+    >>> from deepinv_deq.maps import PGDMap
+    >>> physics = dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.5)
+    >>> F = PGDMap(dinv.models.MedianFilter(), stepsize=1.0, sigma_denoiser=0.1)
+    >>> x = torch.rand(2, 1, 8, 8)
+    >>> F(x, physics(x), physics).shape
+    torch.Size([2, 1, 8, 8])
+    """
+
+    def forward(self, x, y, physics):
+        grad = self.data_fidelity.grad(x, y, physics)
+        return self._denoise(x - self.stepsize.to(x.dtype) * grad)
+
+
+class HQSMap(FixedPointMap):
+    r"""Half-quadratic splitting step: data-fidelity proximal step, then the denoiser.
+
+    .. math::
+
+        F(x) = D_\sigma\big(\operatorname{prox}_{\eta f}(x)\big),
+
+    where the proximal operator of the data fidelity is computed by deepinv (in closed form for
+    many physics, by conjugate gradient otherwise).
+
+    :param torch.nn.Module denoiser: :math:`D_\sigma`.
+    :param deepinv.optim.DataFidelity data_fidelity: default :class:`deepinv.optim.L2`.
+    :param float stepsize: :math:`\eta`.
+    :param float sigma_denoiser: :math:`\sigma`.
+    :param tuple trainable_params: parameters to learn, among ``"stepsize"``, ``"sigma_denoiser"``.
+
+    |sep|
+
+    :Example:
+
+    >>> import torch, deepinv as dinv
+    >>> from deepinv_deq.maps import HQSMap
+    >>> physics = dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.5)
+    >>> F = HQSMap(dinv.models.MedianFilter(), stepsize=1.0, sigma_denoiser=0.1)
+    >>> x = torch.rand(1, 1, 8, 8)
+    >>> F(x, physics(x), physics).shape
+    torch.Size([1, 1, 8, 8])
+    """
+
+    def forward(self, x, y, physics):
+        z = self.data_fidelity.prox(x, y, physics, gamma=self.stepsize.to(x.dtype))
+        return self._denoise(z)
+
+
+class REDMap(FixedPointMap):
+    r"""Regularisation-by-denoising gradient step.
+
+    .. math::
+
+        F(x) = x - \eta\big(\nabla f(x) + \lambda (x - D_\sigma(x))\big).
+
+    :param torch.nn.Module denoiser: :math:`D_\sigma`.
+    :param deepinv.optim.DataFidelity data_fidelity: default :class:`deepinv.optim.L2`.
+    :param float stepsize: :math:`\eta`.
+    :param float sigma_denoiser: :math:`\sigma`.
+    :param float lambda_reg: :math:`\lambda`.
+    :param tuple trainable_params: parameters to learn, among ``"stepsize"``, ``"sigma_denoiser"``,
+        ``"lambda_reg"``.
+
+    |sep|
+
+    :Example:
+
+    >>> import torch, deepinv as dinv
+    >>> from deepinv_deq.maps import REDMap
+    >>> physics = dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.5)
+    >>> F = REDMap(dinv.models.MedianFilter(), stepsize=0.5, lambda_reg=0.5)
+    >>> x = torch.rand(1, 1, 8, 8)
+    >>> F(x, physics(x), physics).shape
+    torch.Size([1, 1, 8, 8])
+    """
+
+    uses = ("stepsize", "sigma_denoiser", "lambda_reg")
+
+    def forward(self, x, y, physics):
+        grad = self.data_fidelity.grad(x, y, physics)
+        prior = self.lambda_reg.to(x.dtype) * (x - self._denoise(x))
+        return x - self.stepsize.to(x.dtype) * (grad + prior)
+
+
+class CallableMap(torch.nn.Module):
+    r"""Wrap a user function ``fn(x, y, physics) -> x`` as a fixed-point map.
+
+    Parameters of ``fn`` are trained if ``fn`` is a :class:`torch.nn.Module` (it is registered as a
+    submodule); a plain function may close over tensors that require grad, and implicit
+    differentiation reaches them too.
+
+    :param Callable fn: the map.
+
+    |sep|
+
+    :Example:
+
+    >>> import torch
+    >>> from deepinv_deq.maps import CallableMap
+    >>> F = CallableMap(lambda x, y, physics: 0.5 * x + y)
+    >>> F(torch.zeros(1, 2), torch.ones(1, 2), None)
+    tensor([[1., 1.]])
+    """
+
+    def __init__(self, fn: Callable[[Tensor, Tensor, object], Tensor]):
+        super().__init__()
+        if not callable(fn):
+            raise ValueError(f"CallableMap: 'fn' must be callable, got {fn!r}.")
+        self.fn = fn
+
+    def forward(self, x, y, physics):
+        return self.fn(x, y, physics)
+
+
+#: iteration names accepted by :func:`build_map` and :class:`deepinv_deq.DEQ`
+ITERATIONS = {"PGD": PGDMap, "HQS": HQSMap, "RED": REDMap}
+
+
+def build_map(iteration, **kwargs) -> torch.nn.Module:
+    r"""Build a fixed-point map from an iteration name or a callable.
+
+    :param str, Callable iteration: ``"PGD"``, ``"HQS"``, ``"RED"``, a :class:`FixedPointMap`
+        instance, or a callable ``F(x, y, physics)``.
+    :param kwargs: constructor arguments of the map (``denoiser``, ``stepsize``, ...).
+    """
+    if isinstance(iteration, str):
+        name = iteration.upper()
+        if name not in ITERATIONS:
+            raise ValueError(
+                f"DEQ: 'iteration' must be one of {list(ITERATIONS)} or a callable, got {iteration!r}."
+            )
+        return ITERATIONS[name](**{k: v for k, v in kwargs.items() if v is not None})
+    if callable(iteration):
+        given = sorted(k for k, v in kwargs.items() if v is not None and v != ())
+        if given:
+            raise ValueError(
+                f"DEQ: option(s) {given} configure the built-in iterations and cannot be combined "
+                "with a callable 'iteration'."
+            )
+        if isinstance(iteration, (FixedPointMap, CallableMap)):
+            return iteration
+        return CallableMap(iteration)
+    raise ValueError(f"DEQ: 'iteration' must be a string or a callable, got {iteration!r}.")

@@ -1,0 +1,254 @@
+r"""The common machinery of the fixed-point solvers: statuses, statistics and the iteration loop.
+
+A solver finds :math:`x^\star = f(x^\star)` for a batch of independent problems (the first tensor
+dimension indexes the batch). Convergence is judged per sample on the relative residual
+
+.. math::
+
+    r_k = \frac{\|f(x_k) - x_k\|_2}{\|x_k\|_2 + \epsilon}
+
+and on the absolute residual normalised by the number of entries, :math:`\|f(x_k)-x_k\|_2/\sqrt{n}`.
+Each sample returns its best iterate (smallest relative residual) and a status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .._validation import check_float, check_int, reject_unknown
+
+
+class SolverStatus(IntEnum):
+    r"""Outcome of a solve, per sample.
+
+    - ``CONVERGED``: the residual fell below the tolerance;
+    - ``MAX_ITER``: the iteration budget ran out first;
+    - ``DIVERGED``: the residual grew far above its best value (the map is not contractive there);
+    - ``NONFINITE``: the map produced NaN or Inf; the sample was frozen at its best finite iterate.
+    """
+
+    CONVERGED = 0
+    MAX_ITER = 1
+    DIVERGED = 2
+    NONFINITE = 3
+
+
+@dataclass
+class SolverStats:
+    r"""Statistics of one solve (forward or backward).
+
+    :param int nfe: number of evaluations of the map.
+    :param torch.Tensor residual: relative residual of the returned iterate, shape ``(B,)``.
+    :param torch.Tensor abs_residual: absolute residual (normalised by :math:`\sqrt{n}`) of the
+        returned iterate, shape ``(B,)``.
+    :param torch.Tensor trace: relative residual at every iteration, shape ``(nfe, B)``.
+    :param torch.Tensor status: :class:`SolverStatus` code per sample, shape ``(B,)``.
+    :param str solver: name of the solver that produced these statistics.
+    """
+
+    nfe: int
+    residual: Tensor
+    abs_residual: Tensor
+    trace: Tensor
+    status: Tensor
+    solver: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def converged(self) -> Tensor:
+        r"""Boolean mask of the samples that converged, shape ``(B,)``."""
+        return self.status == SolverStatus.CONVERGED
+
+    @property
+    def all_converged(self) -> bool:
+        r"""``True`` if every sample converged (one host synchronisation)."""
+        return bool(self.converged.all())
+
+    def status_names(self) -> list[str]:
+        r"""Status of every sample as a readable name, e.g. ``['CONVERGED', 'MAX_ITER']``."""
+        return [SolverStatus(int(s)).name for s in self.status.tolist()]
+
+    def summary(self) -> dict:
+        r"""Plain-Python summary (one host synchronisation), convenient for logging."""
+        return {
+            "solver": self.solver,
+            "nfe": self.nfe,
+            "residual_max": float(self.residual.max()) if self.residual.numel() else 0.0,
+            "residual_mean": float(self.residual.mean()) if self.residual.numel() else 0.0,
+            "converged": int(self.converged.sum()),
+            "batch": int(self.status.numel()),
+        }
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (
+            f"SolverStats(solver={s['solver']!r}, nfe={s['nfe']}, converged={s['converged']}/"
+            f"{s['batch']}, residual_max={s['residual_max']:.3e})"
+        )
+
+
+@dataclass
+class SolverResult:
+    r"""What a solver returns.
+
+    :param torch.Tensor x: best iterate per sample, :math:`x_k`.
+    :param torch.Tensor fx: the map evaluated at that iterate, :math:`f(x_k)` (free: already computed).
+    :param SolverStats stats: statistics of the solve.
+    """
+
+    x: Tensor
+    fx: Tensor
+    stats: SolverStats
+
+
+def _per_sample_norm(t: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
+
+
+def _expand(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+class FixedPointSolver(torch.nn.Module):
+    r"""Base class of the forward solvers of :math:`x = f(x)`.
+
+    Subclasses implement :meth:`_init_state` and :meth:`_next`, which compute the next iterate from
+    the current one and its image; the base class runs the loop, tracks the per-sample best iterate,
+    stops when every sample is done and fills :class:`SolverStats`. The loop makes one host
+    synchronisation per iteration (the "are all samples done?" check).
+
+    :param int max_iter: maximum number of evaluations of :math:`f`.
+    :param float tol: relative residual tolerance :math:`r_k \le` ``tol``.
+    :param float atol: absolute residual tolerance (root-mean-square of :math:`f(x_k)-x_k`);
+        ``0`` disables it. A sample converges when either tolerance is met.
+    :param float divergence_ratio: a sample whose relative residual exceeds ``divergence_ratio``
+        times its best one is flagged ``DIVERGED`` and frozen at its best iterate.
+    """
+
+    name = "base"
+    _options: tuple[str, ...] = ("max_iter", "tol", "atol", "divergence_ratio")
+
+    def __init__(
+        self,
+        max_iter: int = 50,
+        tol: float = 1e-4,
+        atol: float = 0.0,
+        divergence_ratio: float = 1e4,
+    ):
+        super().__init__()
+        owner = type(self).__name__
+        self.max_iter = check_int(owner, "max_iter", max_iter, 1)
+        self.tol = check_float(owner, "tol", tol, 0.0)
+        self.atol = check_float(owner, "atol", atol, 0.0)
+        self.divergence_ratio = check_float(owner, "divergence_ratio", divergence_ratio, 1.0, strict_min=True)
+
+    # -- to implement -------------------------------------------------------------------------
+    def _init_state(self, x0: Tensor) -> dict:
+        return {}
+
+    def _next(self, state: dict, k: int, x: Tensor, fx: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _extra_stats(self, state: dict) -> dict:
+        return {}
+
+    # -- the loop -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(
+        self,
+        f: Callable[[Tensor], Tensor],
+        x0: Tensor,
+        callback: Callable[[int, Tensor, Tensor], None] | None = None,
+    ) -> SolverResult:
+        r"""Solve :math:`x = f(x)` from ``x0``.
+
+        :param Callable f: the map, applied to the whole batch.
+        :param torch.Tensor x0: initial iterate, shape ``(B, ...)``.
+        :param Callable callback: optional ``callback(k, x_k, f(x_k))`` called at every iteration.
+        :return: (:class:`SolverResult`) best iterate, its image and statistics.
+        """
+        if x0.ndim == 0:
+            raise ValueError(f"{type(self).__name__}: x0 must have a batch dimension, got a scalar.")
+        if not bool(torch.isfinite(x0).all()):
+            raise ValueError(f"{type(self).__name__}: the initial iterate contains NaN or Inf.")
+        B = x0.shape[0]
+        dev = x0.device
+        x = x0
+        n_entries = max(x0[0].numel(), 1)
+        eps = torch.finfo(x0.dtype).tiny ** 0.5 if x0.is_floating_point() else 1e-30
+        state = self._init_state(x0)
+
+        best_x = x0
+        best_fx = x0
+        best_rel = torch.full((B,), float("inf"), device=dev, dtype=torch.float32 if x0.dtype != torch.float64 else x0.dtype)
+        best_abs = best_rel.clone()
+        converged = torch.zeros(B, dtype=torch.bool, device=dev)
+        nonfinite = torch.zeros_like(converged)
+        diverged = torch.zeros_like(converged)
+        trace = []
+        nfe = 0
+        for k in range(self.max_iter):
+            fx = f(x)
+            nfe += 1
+            if fx.shape != x.shape:
+                raise ValueError(
+                    f"{type(self).__name__}: the map changed the shape of its input "
+                    f"from {tuple(x.shape)} to {tuple(fx.shape)}."
+                )
+            fx = fx.to(x.dtype)
+            with torch.autocast(device_type=dev.type, enabled=False):
+                diff_norm = _per_sample_norm(fx - x).to(best_rel.dtype)
+                rel = diff_norm / (_per_sample_norm(x).to(best_rel.dtype) + eps)
+                absr = diff_norm / n_entries**0.5
+                finite = torch.isfinite(rel)
+                nonfinite = nonfinite | ~finite
+                trace.append(rel)
+                frozen = nonfinite | diverged
+                improved = finite & ~frozen & (rel < best_rel)
+                best_rel = torch.where(improved, rel, best_rel)
+                best_abs = torch.where(improved, absr, best_abs)
+                m = _expand(improved, x)
+                best_x = torch.where(m, x, best_x)
+                best_fx = torch.where(m, fx, best_fx)
+                converged = converged | (improved & ((rel <= self.tol) | (absr <= self.atol)))
+                diverged = diverged | (finite & ~converged & (rel > self.divergence_ratio * best_rel))
+                if callback is not None:
+                    callback(k, x, fx)
+                done = converged | nonfinite | diverged
+                if k == self.max_iter - 1 or bool(done.all()):
+                    break
+                x_next = self._next(state, k, x, fx)
+                frozen = nonfinite | diverged
+                x = torch.where(_expand(frozen, x), best_x, x_next)
+
+        status = torch.full((B,), int(SolverStatus.MAX_ITER), dtype=torch.int64, device=dev)
+        status = torch.where(diverged, int(SolverStatus.DIVERGED), status)
+        status = torch.where(nonfinite, int(SolverStatus.NONFINITE), status)
+        status = torch.where(converged, int(SolverStatus.CONVERGED), status)
+        # a sample that never produced a finite image keeps x0 as its iterate
+        never = ~torch.isfinite(best_rel)
+        best_fx = torch.where(_expand(never, x0), x0, best_fx)
+        stats = SolverStats(
+            nfe=nfe,
+            residual=best_rel,
+            abs_residual=best_abs,
+            trace=torch.stack(trace),
+            status=status,
+            solver=self.name,
+            extra=self._extra_stats(state),
+        )
+        return SolverResult(x=best_x, fx=best_fx, stats=stats)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._options)
+
+
+def validated_options(cls, owner: str, options: dict) -> dict:
+    r"""Check that ``options`` only names constructor options of solver class ``cls``."""
+    reject_unknown(owner, options, cls._options)
+    return options
