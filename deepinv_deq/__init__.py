@@ -9,7 +9,30 @@ Importing this package registers :class:`DEQ` as ``deepinv.models.DEQ``,
 from .implicit import ImplicitBackward
 from .deq import DEQ
 from . import solvers, maps
+from .loss import DEQEILoss, DEQMOEILoss, DEQSureGaussianLoss, JacobianNormLoss
+from .monitor import DEQMonitor
+from .stabilisers import spectral_radius, spectral_normalize
+from . import diagnostics, stabilisers
 
 __version__ = "0.1.0"
 
-__all__ = ["DEQ", "ImplicitBackward", "solvers", "maps", "__version__"]
+__all__ = [
+    "DEQ",
+    "ImplicitBackward",
+    "DEQEILoss",
+    "DEQMOEILoss",
+    "DEQSureGaussianLoss",
+    "JacobianNormLoss",
+    "DEQMonitor",
+    "spectral_radius",
+    "spectral_normalize",
+    "solvers",
+    "maps",
+    "diagnostics",
+    "stabilisers",
+    "__version__",
+]
+
+from .plugin import register as _register
+
+_register()

@@ -1,0 +1,239 @@
+r"""Solver statistics of a DEQ during training, in the deepinv Trainer's usual output.
+
+A :class:`DEQMonitor` attaches to a :class:`deepinv_deq.DEQ` and records the
+:class:`deepinv_deq.solvers.SolverStats` of every forward solve and of every implicit backward solve
+(a training step of an EI loss makes several of each). :meth:`DEQMonitor.metrics` returns objects
+that :class:`deepinv.Trainer` accepts as metrics, so the numbers appear next to the losses in the
+progress bar, the training history and wandb/mlflow logs::
+
+    monitor = DEQMonitor(model)
+    trainer = dinv.Trainer(model, ..., metrics=[dinv.metric.PSNR(), *monitor.metrics()])
+
+Each metric reports an aggregate over the solves recorded since the same metric was last read,
+so a rising residual or a falling convergence rate shows as soon as the DEQ stops converging.
+A ``callback`` is also called with every record.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ._validation import check_int
+from .solvers import SolverStats
+
+__all__ = ["DEQMonitor", "SolveRecord", "QUANTITIES"]
+
+#: quantities :meth:`DEQMonitor.metrics` can report, with the class name shown in the logs
+QUANTITIES = {
+    "forward_nfe": "DEQForwardNFE",
+    "forward_residual": "DEQForwardResidual",
+    "backward_nfe": "DEQBackwardNFE",
+    "backward_residual": "DEQBackwardResidual",
+    "not_converged": "DEQNotConverged",
+}
+
+
+class SolveRecord:
+    r"""One recorded solve.
+
+    :param str kind: ``"forward"`` or ``"backward"``.
+    :param SolverStats stats: its statistics (tensors stay on the device; nothing is synchronised
+        until the record is read).
+    """
+
+    __slots__ = ("kind", "stats")
+
+    def __init__(self, kind: str, stats: SolverStats):
+        self.kind = kind
+        self.stats = stats
+
+    def __repr__(self) -> str:
+        return f"SolveRecord({self.kind!r}, {self.stats!r})"
+
+
+class _MonitorMetric(torch.nn.Module):
+    # One quantity; each instance keeps its own queue of unread records.
+    quantity = ""
+    lower_better = True
+
+    def __init__(self, monitor: "DEQMonitor"):
+        super().__init__()
+        self._monitor = [monitor]  # a list: keep the monitor out of the module tree
+        self._pending: deque = deque(maxlen=monitor.max_history)
+        monitor._readers.append(self._pending)
+
+    def forward(self, x_net: Tensor = None, model=None, **kwargs) -> Tensor:
+        monitor = self._monitor[0]
+        if monitor.model is None and model is not None:
+            monitor.attach(model)
+        records = list(self._pending)
+        self._pending.clear()
+        kind = "backward" if self.quantity.startswith("backward") else "forward"
+        if not records and model is not None:  # nothing recorded yet: the model's last solves
+            records = monitor._current(model)
+        value = _aggregate(self.quantity, records, kind)
+        device = x_net.device if isinstance(x_net, Tensor) else None
+        return torch.tensor([value], device=device)
+
+
+def _aggregate(quantity: str, records: list, kind: str) -> float:
+    if quantity == "not_converged":
+        bad = sum(int((~r.stats.converged).sum()) for r in records)
+        total = sum(int(r.stats.status.numel()) for r in records)
+        return bad / total if total else 0.0
+    chosen = [r.stats for r in records if r.kind == kind]
+    if not chosen:
+        return 0.0
+    if quantity.endswith("nfe"):
+        return sum(s.nfe for s in chosen) / len(chosen)
+    residuals = [float(s.residual.max()) for s in chosen if s.residual.numel()]
+    return max(residuals) if residuals else 0.0
+
+
+class DEQMonitor:
+    r"""Record the forward and backward solver statistics of a DEQ and report them while training.
+
+    After :meth:`attach`, every forward solve of the model and every implicit backward solve
+    (see :class:`deepinv_deq.ImplicitBackward`) is stored as a :class:`SolveRecord` in
+    :attr:`history` (the last ``max_history`` ones) and passed to ``callback``.
+    :meth:`metrics` returns Trainer-compatible metrics, one per quantity:
+
+    - ``forward_nfe`` (logged as ``DEQForwardNFE``): mean number of map evaluations per forward solve;
+    - ``forward_residual`` (``DEQForwardResidual``): largest relative residual
+      :math:`\|F(x)-x\|/\|x\|` of the forward solves;
+    - ``backward_nfe`` (``DEQBackwardNFE``), ``backward_residual`` (``DEQBackwardResidual``): the
+      same for the backward solves (0 when none ran, e.g. in evaluation or with JFB);
+    - ``not_converged`` (``DEQNotConverged``): fraction of (sample, solve) pairs that did not reach
+      their tolerance.
+
+    Each aggregate covers the solves since that metric was last evaluated (by the Trainer: one
+    training step, i.e. the reconstruction plus the extra solves of the losses, and its backward).
+    Reading a record synchronises with the device once; recording does not.
+
+    :param deepinv_deq.DEQ model: the model to attach to now (or later with :meth:`attach`; a
+        metric attaches to the model it is given on its first call).
+    :param Callable callback: optional ``callback(record)`` called with every :class:`SolveRecord`.
+    :param int max_history: number of records kept (default 1000).
+
+    |sep|
+
+    :Example:
+
+    >>> import torch, deepinv as dinv
+    >>> from deepinv_deq import DEQ, DEQMonitor
+    >>> physics = dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.6)
+    >>> model = DEQ(denoiser=dinv.models.MedianFilter(), iteration="PGD", max_iter=30)
+    >>> monitor = DEQMonitor(model)
+    >>> y = physics(torch.rand(2, 1, 8, 8))
+    >>> x_net = model(y, physics)
+    >>> [r.kind for r in monitor.history]
+    ['forward']
+    >>> nfe = monitor.metrics(["forward_nfe"])[0]
+    >>> bool(nfe(x_net=x_net, model=model) == model.forward_stats.nfe)
+    True
+    """
+
+    def __init__(self, model=None, callback: Callable[[SolveRecord], None] | None = None, max_history: int = 1000):
+        if callback is not None and not callable(callback):
+            raise ValueError(f"DEQMonitor: 'callback' must be callable, got {callback!r}.")
+        self.max_history = check_int("DEQMonitor", "max_history", max_history, 1)
+        self.callback = callback
+        self.history: deque = deque(maxlen=self.max_history)
+        self._readers: list = []
+        self._handles: list = []
+        self.model = None
+        if model is not None:
+            self.attach(model)
+
+    def attach(self, model) -> "DEQMonitor":
+        r"""Start recording the solves of ``model``.
+
+        :param deepinv_deq.DEQ model: the DEQ to monitor.
+        :return: the monitor itself.
+        """
+        from .deq import DEQ
+
+        if not isinstance(model, DEQ):
+            raise ValueError(f"DEQMonitor: can only monitor a deepinv_deq.DEQ, got {type(model).__name__}.")
+        if self.model is not None:
+            if self.model is model:
+                return self
+            raise ValueError("DEQMonitor: already attached to another model; call detach() first.")
+        self.model = model
+        self._handles = [
+            model.register_forward_hook(self._on_forward),
+            model.backward.register_forward_hook(self._on_backward_call),
+        ]
+        return self
+
+    def detach(self) -> None:
+        r"""Stop recording."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.model = None
+
+    def metrics(self, quantities=tuple(QUANTITIES)) -> list:
+        r"""Trainer-compatible metrics reporting the recorded statistics.
+
+        :param tuple quantities: names among ``"forward_nfe"``, ``"forward_residual"``,
+            ``"backward_nfe"``, ``"backward_residual"``, ``"not_converged"`` (default: all).
+        :return: a list of :class:`torch.nn.Module`, each called as ``metric(x_net=..., model=...)``
+            and returning a tensor of shape ``(1,)``.
+        """
+        if isinstance(quantities, str):
+            quantities = (quantities,)
+        out = []
+        for q in quantities:
+            if q not in QUANTITIES:
+                raise ValueError(f"DEQMonitor: unknown quantity {q!r}; valid: {sorted(QUANTITIES)}.")
+            cls = type(QUANTITIES[q], (_MonitorMetric,), {"quantity": q, "__module__": __name__})
+            out.append(cls(self))
+        return out
+
+    def summary(self) -> dict:
+        r"""Aggregates over :attr:`history`: the value of each quantity of :meth:`metrics`."""
+        records = list(self.history)
+        return {
+            q: _aggregate(q, records, "backward" if q.startswith("backward") else "forward")
+            for q in QUANTITIES
+        }
+
+    # -- recording ----------------------------------------------------------------------------
+    def _record(self, kind: str, stats: SolverStats | None) -> None:
+        if stats is None:
+            return
+        rec = SolveRecord(kind, stats)
+        self.history.append(rec)
+        for queue in self._readers:
+            queue.append(rec)
+        if self.callback is not None:
+            self.callback(rec)
+
+    def _on_forward(self, module, args, output) -> None:
+        self._record("forward", module.forward_stats)
+
+    def _on_backward_call(self, ib, args, output) -> None:
+        # The DEQ's ImplicitBackward returned z carrying its gradient hook; a second hook on the same
+        # tensor runs right after it, once the backward solve of this call is done.
+        if not isinstance(output, Tensor) or not output.requires_grad or ib.mode != "implicit":
+            return
+        solves_before = ib.n_solves
+
+        def after_solve(grad):
+            if ib.n_solves > solves_before:
+                self._record("backward", ib.last_stats)
+
+        output.register_hook(after_solve)
+
+    def _current(self, model) -> list:
+        out = []
+        if getattr(model, "forward_stats", None) is not None:
+            out.append(SolveRecord("forward", model.forward_stats))
+        if getattr(model, "backward_stats", None) is not None:
+            out.append(SolveRecord("backward", model.backward_stats))
+        return out

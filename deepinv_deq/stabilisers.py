@@ -1,0 +1,191 @@
+r"""Stabilisers of DEQ training: spectral radius of the map's Jacobian, spectral normalisation.
+
+A DEQ's solves converge when the fixed-point map :math:`F` is contractive near its fixed point,
+i.e. when the spectral radius :math:`\rho(J_F(x^\star)) < 1` (for the forward iteration and the
+backward Neumann series; :math:`\|J_F(x^\star)\|_2 < 1` is the stronger, norm-wise condition).
+:func:`spectral_radius` estimates either by power iteration with vector-Jacobian products;
+:func:`spectral_normalize` constrains a denoiser's layers; the Jacobian-norm regulariser is
+:class:`deepinv_deq.JacobianNormLoss`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._validation import check_choice, check_float, check_int
+
+__all__ = ["spectral_radius", "spectral_normalize", "vjp_and_jvp"]
+
+_LAYERS = (
+    torch.nn.Linear,
+    torch.nn.Conv1d,
+    torch.nn.Conv2d,
+    torch.nn.Conv3d,
+    torch.nn.ConvTranspose1d,
+    torch.nn.ConvTranspose2d,
+    torch.nn.ConvTranspose3d,
+)
+
+
+def _batch_norm(t: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
+
+
+def _bcast(s: Tensor, like: Tensor) -> Tensor:
+    return s.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def vjp_and_jvp(fx: Tensor, x: Tensor):
+    r"""Vector-Jacobian and Jacobian-vector products of a differentiable evaluation ``fx = f(x)``.
+
+    Returns two functions, ``vjp(u)`` :math:`= J_f(x)^\top u` and ``jvp(v)`` :math:`= J_f(x) v`; the
+    JVP is computed by differentiating the (linear in :math:`u`) VJP, so only reverse-mode autograd
+    is needed.
+
+    :param torch.Tensor fx: :math:`f(x)`, computed with autograd from ``x``.
+    :param torch.Tensor x: the input, with ``requires_grad=True``.
+    """
+    dummy = torch.zeros_like(fx, requires_grad=True)
+    (vjp_dummy,) = torch.autograd.grad(fx, x, dummy, create_graph=True, allow_unused=True)
+    if vjp_dummy is None:
+        vjp_dummy = torch.zeros_like(x)
+
+    def vjp(u: Tensor) -> Tensor:
+        (g,) = torch.autograd.grad(fx, x, u, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(x) if g is None else g
+
+    def jvp(v: Tensor) -> Tensor:
+        if not vjp_dummy.requires_grad:
+            return torch.zeros_like(fx)
+        (g,) = torch.autograd.grad(vjp_dummy, dummy, v, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(fx) if g is None else g
+
+    return vjp, jvp
+
+
+def _map_and_point(model_or_map, y, physics, x_star):
+    from .deq import DEQ
+
+    if isinstance(model_or_map, DEQ):
+        fmap = model_or_map.map
+        if x_star is None:
+            with torch.no_grad():
+                x_star = model_or_map(y, physics)
+        return fmap, x_star
+    if not callable(model_or_map):
+        raise ValueError(
+            f"spectral_radius: 'model_or_map' must be a deepinv_deq.DEQ or a map F(x, y, physics), "
+            f"got {type(model_or_map).__name__}."
+        )
+    if x_star is None:
+        raise ValueError("spectral_radius: 'x_star' is required when a map (not a DEQ) is given.")
+    return model_or_map, x_star
+
+
+def spectral_radius(
+    model_or_map,
+    y: Tensor,
+    physics,
+    x_star: Tensor | None = None,
+    n_iter: int = 50,
+    tol: float = 1e-5,
+    mode: str = "radius",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Power-iteration estimate of the spectral radius (or norm) of :math:`J_F` at the fixed point.
+
+    With ``mode="radius"`` the iteration :math:`v_{k+1} = J_F^\top v_k / \|J_F^\top v_k\|` returns
+    :math:`\|J_F^\top v_k\| \to \rho(J_F)` (:math:`J_F^\top` and :math:`J_F` share their spectrum;
+    convergence assumes a single dominant real eigenvalue). With ``mode="norm"`` the iteration on
+    :math:`J_F^\top J_F` returns :math:`\sigma_{\max}(J_F) = \|J_F\|_2`. The batch is treated as
+    independent problems: one estimate per sample.
+
+    :param model_or_map: a :class:`deepinv_deq.DEQ` (its map is used and, if ``x_star`` is not
+        given, its reconstruction) or a map ``F(x, y, physics)``.
+    :param torch.Tensor y: measurements.
+    :param deepinv.physics.Physics physics: forward operator.
+    :param torch.Tensor x_star: the point at which :math:`J_F` is taken (required for a plain map).
+    :param int n_iter: maximum power iterations (default 50).
+    :param float tol: stop when every sample's estimate changes by less than ``tol`` relatively.
+    :param str mode: ``"radius"`` (default) or ``"norm"``.
+    :param torch.Generator generator: optional random generator of the initial vector.
+    :return: (:class:`torch.Tensor`) estimates, shape ``(B,)``.
+
+    |sep|
+
+    :Example:
+
+    >>> import torch
+    >>> from deepinv_deq.stabilisers import spectral_radius
+    >>> F = lambda x, y, physics: 0.5 * x.flip(-1) + y   # J = 0.5 P, P a permutation
+    >>> x = torch.rand(2, 1, 4, 4)
+    >>> rho = spectral_radius(F, y=x, physics=None, x_star=x)
+    >>> torch.allclose(rho, torch.full((2,), 0.5), atol=1e-4)
+    True
+    """
+    n_iter = check_int("spectral_radius", "n_iter", n_iter, 1)
+    tol = check_float("spectral_radius", "tol", tol, 0.0)
+    mode = check_choice("spectral_radius", "mode", mode, ("radius", "norm"))
+    fmap, x_star = _map_and_point(model_or_map, y, physics, x_star)
+    x = x_star.detach().clone().requires_grad_()
+    with torch.enable_grad():
+        fx = fmap(x, y, physics)
+        vjp, jvp = vjp_and_jvp(fx, x)
+        v = torch.randn(fx.shape, generator=generator, device=fx.device, dtype=fx.dtype)
+        v = v / _bcast(_batch_norm(v), v)
+        est = torch.zeros(fx.shape[0], device=fx.device, dtype=fx.dtype)
+        for _ in range(n_iter):
+            w = vjp(v) if mode == "radius" else vjp(jvp(v))
+            w = w.detach()
+            norm = _batch_norm(w)
+            new = norm if mode == "radius" else norm.sqrt()
+            done = bool(((new - est).abs() <= tol * new.abs()).all())
+            est = new
+            if done:
+                break
+            v = w / _bcast(norm.clamp_min(torch.finfo(norm.dtype).tiny), w)
+    return est.detach()
+
+
+def spectral_normalize(denoiser: torch.nn.Module, n_power_iterations: int = 1) -> torch.nn.Module:
+    r"""Put spectral normalisation on every convolution and linear layer of a denoiser, in place.
+
+    Each weight :math:`W` is reparametrised as :math:`W / \sigma_{\max}(W)` with
+    :func:`torch.nn.utils.parametrizations.spectral_norm` (power iteration on the weight reshaped
+    to a matrix; for a convolution this bounds the layer's Lipschitz constant only up to a factor
+    depending on the kernel size). With 1-Lipschitz activations this keeps the denoiser's
+    Lipschitz constant moderate, a common stabiliser of DEQ training. Layers already normalised
+    are left alone.
+
+    :param torch.nn.Module denoiser: the network to modify.
+    :param int n_power_iterations: power iterations per training forward pass (default 1).
+    :return: the same module, for chaining.
+
+    |sep|
+
+    :Example:
+
+    >>> import torch
+    >>> from deepinv_deq.stabilisers import spectral_normalize
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3))
+    >>> net = spectral_normalize(net)
+    >>> _ = [net(torch.rand(1, 1, 8, 8)) for _ in range(50)]  # power iterations run in training
+    >>> s = torch.linalg.matrix_norm(net[0].weight.reshape(4, -1), ord=2)
+    >>> bool(abs(s - 1) < 1e-2)
+    True
+    """
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    if not isinstance(denoiser, torch.nn.Module):
+        raise ValueError(f"spectral_normalize: 'denoiser' must be a torch.nn.Module, got {type(denoiser).__name__}.")
+    n_power_iterations = check_int("spectral_normalize", "n_power_iterations", n_power_iterations, 1)
+    layers = [m for m in denoiser.modules() if isinstance(m, _LAYERS)]
+    for m in layers:
+        if parametrize.is_parametrized(m, "weight"):
+            continue
+        dim = 1 if isinstance(m, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)) else None
+        spectral_norm(m, n_power_iterations=n_power_iterations, dim=dim)
+    return denoiser
