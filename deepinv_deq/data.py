@@ -1,0 +1,343 @@
+r"""Offline datasets for the experiments, and entry points to real data on a local disk.
+
+Default data (nothing is downloaded, every image is a deterministic function of ``(seed, index)``):
+
+- **CT**: random-ellipse phantoms from deepinv's own generator
+  (:class:`deepinv.utils.RandomPhantomDataset`), made reproducible by :class:`SeededPhantomDataset`.
+- **MRI**: procedural *head* phantoms (:func:`head_phantom`): an elliptical skull ring, a brain of
+  soft-tissue intensity, a darker "white-matter" region and random interior ellipses
+  ("ventricles", "lesions") drawn with deepinv's ellipse generator, as a 2-channel (real,
+  imaginary) image with zero imaginary part, as deepinv's :class:`deepinv.physics.MRI` expects.
+
+Why procedural head phantoms rather than the MNI ICBM152 T1 template shipped inside the nilearn
+wheel: the template is a *single* brain volume, so its ~190 axial slices are strongly correlated
+(a held-out set of neighbouring slices is not an independent test set), its number of images is
+fixed, and it needs two extra packages (``nilearn``, ``nibabel``, ~10 MB). Procedural phantoms are
+independent, of any size and count, reproducible from a seed and need nothing beyond deepinv, which
+is what a CPU reproduction of the paper's *relative* claims needs. Real anatomy remains available
+through :func:`fastmri_slices` (and :func:`lidc_idri_slices` for CT).
+
+Every dataset here returns bare image tensors ``x`` of shape ``(C, H, W)``, as
+:class:`deepinv.Trainer` expects with ``online_measurements=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ._validation import check_choice, check_int
+
+KINDS = ("ct", "mri")
+
+
+@contextlib.contextmanager
+def numpy_seed(*entropy: int):
+    r"""Seed numpy's *global* RNG from ``entropy`` for the duration of the block, then restore it.
+
+    deepinv's phantom generators draw from ``np.random``; this makes them a pure function of
+    ``entropy`` without disturbing the caller's random stream.
+
+    :param int entropy: integers combined by :class:`numpy.random.SeedSequence`.
+    """
+    state = np.random.get_state()
+    seed = int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0])
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def ellipse_phantom(size: int) -> torch.Tensor:
+    r"""One random-ellipse phantom of shape ``(1, size, size)`` in :math:`[0, 1]`, drawn by deepinv's
+    :class:`deepinv.utils.RandomPhantomDataset` from numpy's global RNG (seed it with
+    :func:`numpy_seed`).
+
+    :param int size: image side.
+    """
+    from deepinv.utils import RandomPhantomDataset
+
+    with warnings.catch_warnings():  # deepinv calls torch.meshgrid without `indexing`
+        warnings.simplefilter("ignore", UserWarning)
+        return RandomPhantomDataset(length=1, size=size, use_dict_output=True)[0]["x"].float()
+
+
+def head_phantom(size: int) -> torch.Tensor:
+    r"""One random head phantom of shape ``(2, size, size)`` (real, imaginary) in :math:`[0, 1]`.
+
+    The magnitude image is
+
+    .. math::
+
+        x = 0.95\,\mathbb{1}_{\text{skull}} + \mathbb{1}_{\text{brain}}\big(a + b\,
+        \mathbb{1}_{\text{WM}} + e\big)
+
+    with a random elliptical skull ring, brain tissue level :math:`a\sim U(0.35, 0.5)`, a white-matter
+    ellipse of contrast :math:`b\sim U(0.1, 0.25)` and :math:`e` the interior ellipses of deepinv's
+    phantom generator (``interior=True``). Draws from numpy's global RNG (seed it with
+    :func:`numpy_seed`); the imaginary channel is zero.
+
+    :param int size: image side.
+    """
+    from deepinv.utils.phantoms import generate_random_phantom
+
+    r = np.random
+    t = torch.linspace(-1, 1, size)
+    yy, xx = torch.meshgrid(t, t, indexing="ij")
+    theta = r.uniform(-0.3, 0.3)
+    c, s = np.cos(theta), np.sin(theta)
+    u, v = c * xx + s * yy, -s * xx + c * yy
+    ax, ay = r.uniform(0.68, 0.85), r.uniform(0.78, 0.92)
+    rho = (u / ax) ** 2 + (v / ay) ** 2
+    thickness = r.uniform(0.12, 0.2)
+    head = rho <= 1
+    brain = rho <= (1 - thickness) ** 2
+    skull = head & ~brain
+    wm = ((u / (0.7 * ax)) ** 2 + ((v + 0.05) / (0.75 * ay)) ** 2) <= (1 - thickness) ** 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        detail = generate_random_phantom(size, n_ellipse=12, interior=True) * 0.6
+    x = 0.95 * skull.float() + brain.float() * (
+        r.uniform(0.35, 0.5) + r.uniform(0.1, 0.25) * wm.float() + detail.T
+    )
+    x = x.clamp(0, 1)
+    return torch.stack([x, torch.zeros_like(x)])
+
+
+class SeededPhantomDataset(Dataset):
+    r"""Deterministic dataset of procedural phantoms: item :math:`i` is a function of
+    ``(seed, split, i)`` only, whatever the order of access or the worker that draws it.
+
+    :param int length: number of images.
+    :param int size: image side (square images).
+    :param str kind: ``"ct"`` (deepinv's random ellipses, 1 channel) or ``"mri"`` (head phantoms,
+        2 channels).
+    :param int seed: base seed.
+    :param int split: stream index, so that train (0) and test (1) images never coincide.
+    :param bool cache: keep generated images in memory (default ``True``).
+
+    |sep|
+
+    :Example:
+
+    >>> from deepinv_deq.data import SeededPhantomDataset
+    >>> a = SeededPhantomDataset(4, size=16, kind="ct", seed=3)
+    >>> b = SeededPhantomDataset(4, size=16, kind="ct", seed=3, cache=False)
+    >>> a[2].shape, bool((a[2] == b[2]).all())
+    (torch.Size([1, 16, 16]), True)
+    """
+
+    def __init__(
+        self,
+        length: int,
+        size: int = 128,
+        kind: str = "ct",
+        seed: int = 0,
+        split: int = 0,
+        cache: bool = True,
+    ):
+        owner = "SeededPhantomDataset"
+        self.length = check_int(owner, "length", length, 1)
+        self.size = check_int(owner, "size", size, 8)
+        self.kind = check_choice(owner, "kind", kind, KINDS)
+        self.seed = check_int(owner, "seed", seed, 0)
+        self.split = check_int(owner, "split", split, 0)
+        self._cache = {} if cache else None
+
+    @property
+    def channels(self) -> int:
+        r"""Number of image channels (1 for CT, 2 for MRI)."""
+        return 1 if self.kind == "ct" else 2
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for a dataset of {self.length} images.")
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        with numpy_seed(self.seed, self.split, index):
+            x = ellipse_phantom(self.size) if self.kind == "ct" else head_phantom(self.size)
+        if self._cache is not None:
+            self._cache[index] = x
+        return x
+
+
+def phantom_splits(kind: str, n_train: int, n_test: int, size: int, seed: int = 0):
+    r"""Disjoint train and test sets of :class:`SeededPhantomDataset`.
+
+    :param str kind: ``"ct"`` or ``"mri"``.
+    :param int n_train: training images.
+    :param int n_test: held-out images.
+    :param int size: image side.
+    :param int seed: base seed.
+    :return: ``(train, test)`` datasets.
+    """
+    return (
+        SeededPhantomDataset(n_train, size=size, kind=kind, seed=seed, split=0),
+        SeededPhantomDataset(n_test, size=size, kind=kind, seed=seed, split=1),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# real data from a local folder
+
+
+def _check_folder(name: str, root, required: tuple[str, ...] = (), pattern: str | None = None) -> Path:
+    if root is None:
+        raise ValueError(f"{name}: a local folder is required (root=None); nothing is downloaded.")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{name}: the folder '{root}' does not exist.")
+    for fname in required:
+        if not (root / fname).exists():
+            raise FileNotFoundError(
+                f"{name}: '{root}' is not a valid dataset folder: '{fname}' is missing."
+            )
+    if pattern is not None and not any(root.glob(pattern)):
+        raise FileNotFoundError(
+            f"{name}: '{root}' is not a valid dataset folder: no file matches '{pattern}'."
+        )
+    return root
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    # centre square crop, bilinear resize, scaling to [0, 1]
+    h, w = x.shape[-2:]
+    m = min(h, w)
+    top, left = (h - m) // 2, (w - m) // 2
+    x = x[..., top : top + m, left : left + m].float()
+    x = torch.nn.functional.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True)[0]
+    x = x - x.amin()
+    return x / x.amax().clamp_min(1e-12)
+
+
+class _ImageOnly(Dataset):
+    # maps a deepinv dataset item to a single image tensor (C, size, size) in [0, 1]
+    def __init__(self, base, size: int, channels: int):
+        self.base, self.size, self.channels = base, size, channels
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        item = self.base[index]
+        x = item["x"] if isinstance(item, dict) else (item[0] if isinstance(item, (tuple, list)) else item)
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+        if x.ndim == 2:
+            x = x[None]
+        x = _resize(x[:1], self.size)
+        if self.channels == 2:
+            x = torch.cat([x, torch.zeros_like(x)])
+        return x
+
+
+def lidc_idri_slices(root, size: int = 128) -> Dataset:
+    r"""CT slices of LIDC-IDRI from a local folder, through :class:`deepinv.datasets.LidcIdriSliceDataset`.
+
+    Images are centre-cropped, resized to ``size`` and scaled to :math:`[0, 1]`. The folder must hold
+    ``metadata.csv`` and the DICOM series it lists (the layout of the TCIA download); reading them
+    needs ``pandas`` and ``pydicom``.
+
+    :param str root: the dataset folder.
+    :param int size: output image side.
+    :raises FileNotFoundError: if the folder or its ``metadata.csv`` is missing.
+    :raises ImportError: if ``pandas`` or ``pydicom`` is not installed.
+    """
+    size = check_int("lidc_idri_slices", "size", size, 8)
+    root = _check_folder("lidc_idri_slices", root, required=("metadata.csv",))
+    for module in ("pandas", "pydicom"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ImportError(
+                f"lidc_idri_slices: reading LIDC-IDRI needs '{module}' (pip install pandas pydicom)."
+            ) from None
+    from deepinv.datasets import LidcIdriSliceDataset
+
+    base = LidcIdriSliceDataset(root=str(root), use_dict_output=True)
+    if len(base) == 0:
+        raise FileNotFoundError(f"lidc_idri_slices: no .dcm slice found under '{root}'.")
+    return _ImageOnly(base, size, channels=1)
+
+
+def fastmri_slices(root, size: int = 128, slice_index="middle") -> Dataset:
+    r"""Single-coil fastMRI slices from a local folder of ``.h5`` volumes, through
+    :class:`deepinv.datasets.FastMRISliceDataset`.
+
+    The ground truth of each slice (``reconstruction_esc`` or ``reconstruction_rss``) is
+    centre-cropped, resized to ``size``, scaled to :math:`[0, 1]` and returned as a 2-channel
+    (real, imaginary = 0) image; measurements are then simulated by the experiment's physics.
+
+    :param str root: folder of fastMRI ``.h5`` files.
+    :param int size: output image side.
+    :param str, int slice_index: slices kept per volume (see deepinv's class; default ``"middle"``).
+    :raises FileNotFoundError: if the folder is missing or holds no ``.h5`` file.
+    :raises ValueError: if a file holds no ground-truth reconstruction.
+    """
+    size = check_int("fastmri_slices", "size", size, 8)
+    root = _check_folder("fastmri_slices", root, pattern="*.h5")
+    import h5py
+
+    for fname in sorted(root.glob("*.h5")):
+        try:
+            with h5py.File(fname, "r") as f:
+                keys = set(f.keys())
+        except OSError as e:
+            raise ValueError(f"fastmri_slices: '{fname}' is not a readable HDF5 file ({e}).") from None
+        if "kspace" not in keys or not keys & {"reconstruction_esc", "reconstruction_rss"}:
+            raise ValueError(
+                f"fastmri_slices: '{fname}' must hold 'kspace' and 'reconstruction_esc' or "
+                f"'reconstruction_rss' (found {sorted(keys)})."
+            )
+    from deepinv.datasets import FastMRISliceDataset
+
+    base = FastMRISliceDataset(
+        root=str(root), slice_index=slice_index, transform=_identity_transform, use_dict_output=True
+    )
+    return _ImageOnly(base, size, channels=2)
+
+
+def _identity_transform(target, kspace, **params):
+    # keep deepinv's loader from cropping/normalising: we only need the target image
+    params.pop("seed", None)
+    params.pop("metadata", None)
+    return target, kspace, params
+
+
+def load_dataset(source: str, kind: str, n: int, size: int, seed: int = 0, split: int = 0):
+    r"""Images for an experiment: ``source`` is ``"phantoms"`` (default offline data) or a folder of
+    real data (LIDC-IDRI for ``kind="ct"``, fastMRI for ``kind="mri"``).
+
+    For a folder, the first ``n`` images of split 0 (training) or the next ``n`` of split 1 (test)
+    are used.
+
+    :param str source: ``"phantoms"`` or a path.
+    :param str kind: ``"ct"`` or ``"mri"``.
+    :param int n: number of images.
+    :param int size: image side.
+    :param int seed: seed of the phantoms.
+    :param int split: 0 (train) or 1 (test).
+    """
+    kind = check_choice("load_dataset", "kind", kind, KINDS)
+    if source == "phantoms":
+        return SeededPhantomDataset(n, size=size, kind=kind, seed=seed, split=split)
+    full = lidc_idri_slices(source, size) if kind == "ct" else fastmri_slices(source, size)
+    start = 0 if split == 0 else n_train_offset(len(full), n)
+    stop = min(len(full), start + n)
+    if stop <= start:
+        raise ValueError(f"load_dataset: '{source}' holds {len(full)} images, too few for split {split}.")
+    return torch.utils.data.Subset(full, list(range(start, stop)))
+
+
+def n_train_offset(total: int, n: int) -> int:
+    r"""Index of the first test image in a real dataset of ``total`` images: test images are taken
+    from the end, so that train and test never overlap when ``2 n <= total``."""
+    return max(0, total - n)

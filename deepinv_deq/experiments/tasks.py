@@ -1,0 +1,78 @@
+r"""The two inverse problems of the paper, as deepinv physics.
+
+- Sparse-view CT: :class:`deepinv.physics.Tomography`, parallel beam, ``views`` angles over
+  180 degrees, normalised so that :math:`\|A\|=1` (then a PGD step size :math:`\eta=1\le 1/\|A\|^2`),
+  Gaussian noise.
+- Accelerated MRI: single-coil :class:`deepinv.physics.MRI` with a fixed Cartesian mask drawn by
+  deepinv's :class:`deepinv.physics.generator.GaussianMaskGenerator` (acceleration 8, fixed
+  low-frequency lines), Gaussian noise. :math:`\|A\|=1` since the FFT is orthonormal.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .configs import ExperimentConfig
+
+
+def build_physics(task: str, cfg: ExperimentConfig):
+    r"""The forward operator of ``task`` (``"ct"`` or ``"mri"``) on ``cfg.device``.
+
+    :param str task: ``"ct"`` or ``"mri"``.
+    :param ExperimentConfig cfg: settings (image size, views, acceleration, noise, seed).
+    """
+    import deepinv as dinv
+
+    device = torch.device(cfg.device)
+    n = cfg.img_size
+    if task == "ct":
+        physics = dinv.physics.Tomography(
+            angles=cfg.views,
+            img_width=n,
+            circle=False,
+            normalize=True,
+            noise_model=dinv.physics.GaussianNoise(sigma=cfg.ct_noise),
+            device=device,
+        )
+    elif task == "mri":
+        gen = dinv.physics.generator.GaussianMaskGenerator(
+            img_size=(n, n),
+            acceleration=cfg.acceleration,
+            center_fraction=0.5 / cfg.acceleration,
+            rng=torch.Generator(device).manual_seed(cfg.seed),
+            device=device,
+        )
+        mask = gen.step(batch_size=1, seed=cfg.seed)["mask"][0]
+        physics = dinv.physics.MRI(
+            mask=mask,
+            img_size=(n, n),
+            noise_model=dinv.physics.GaussianNoise(sigma=cfg.mri_noise),
+            device=device,
+        )
+    else:
+        raise ValueError(f"build_physics: unknown task {task!r}; choose 'ct' or 'mri'.")
+    return physics
+
+
+def channels(task: str) -> int:
+    r"""Image channels of ``task``: 1 for CT, 2 (real, imaginary) for MRI."""
+    return 1 if task == "ct" else 2
+
+
+def pseudo_inverse(task: str):
+    r"""The linear reconstruction used as initialisation and as the U-Net input: filtered
+    back-projection for CT, zero-filled inverse FFT (:math:`A^\top y = A^\dagger y`) for MRI.
+
+    :return: a function ``(y, physics) -> x``.
+    """
+    if task == "ct":
+        return _fbp
+    return _adjoint
+
+
+def _fbp(y, physics):
+    return physics.A_dagger(y, fbp=True)
+
+
+def _adjoint(y, physics):
+    return physics.A_adjoint(y)
