@@ -24,10 +24,10 @@ import torch
 from torch import Tensor
 
 from ._validation import check_choice, check_float, check_int, reject_unknown
-from .solvers import BiCGStab, SolverStats, SolverStatus, get_solver
+from .solvers import GMRES, BiCGStab, SolverStats, SolverStatus, get_solver
 
 MODES = ("implicit", "jfb", "phantom")
-BACKWARD_SOLVERS = ("fixed_point", "anderson", "bicgstab")
+BACKWARD_SOLVERS = ("fixed_point", "anderson", "gmres", "bicgstab")
 
 
 class ImplicitBackward(torch.nn.Module):
@@ -38,8 +38,10 @@ class ImplicitBackward(torch.nn.Module):
 
     - ``"implicit"``: the exact implicit gradient. The adjoint equation
       :math:`u = J_f(x^\star)^\top u + v` is solved with ``solver``: ``"fixed_point"`` (Neumann
-      series), ``"anderson"``, or ``"bicgstab"`` (Krylov, on :math:`(I - J_f^\top) u = v`). Each
-      iteration costs one vector-Jacobian product.
+      series), ``"anderson"``, or a Krylov method on :math:`(I - J_f^\top) u = v`: ``"gmres"``
+      (ours, reaches any tolerance) or ``"bicgstab"`` (deepinv's
+      :func:`deepinv.optim.linear.bicgstab`; its absolute breakdown guards stall it near
+      :math:`\sqrt{\epsilon}` relative residual). Each iteration costs one vector-Jacobian product.
     - ``"jfb"``: Jacobian-free backpropagation, :math:`u = v`
       (:math:`J_f` is treated as zero); cheap, but only an approximation of the gradient.
     - ``"phantom"``: :math:`k` damped unrolled steps
@@ -179,9 +181,11 @@ class ImplicitBackward(torch.nn.Module):
             (g,) = torch.autograd.grad(z, x_in, u, retain_graph=True, allow_unused=True)
             return torch.zeros_like(u) if g is None else g
 
-        def hook(v: Tensor) -> Tensor:
+        def hook(v: Tensor | None) -> Tensor | None:
+            if v is None:  # no gradient flows into this call's output
+                return None
             v = v.detach()
-            if isinstance(self.solver, BiCGStab):
+            if isinstance(self.solver, (GMRES, BiCGStab)):
                 with torch.no_grad():
                     result = self.solver.solve_linear(lambda u: u - vjp(u), v, v)
             else:
@@ -189,7 +193,7 @@ class ImplicitBackward(torch.nn.Module):
             self.last_stats = result.stats
             self.n_solves += 1
             self._check(result.stats)
-            return result.fx if not isinstance(self.solver, BiCGStab) else result.x
+            return result.fx
 
         return hook
 

@@ -11,20 +11,21 @@ from .._validation import check_choice, reject_unknown
 from .anderson import AndersonAcceleration
 from .base import FixedPointSolver, SolverResult, SolverStats, SolverStatus
 from .fixed_point import FixedPointIteration
-from .krylov import BiCGStab
+from .krylov import GMRES, BiCGStab
 
 #: solver names accepted by :func:`get_solver`
 SOLVERS = {
     "fixed_point": FixedPointIteration,
     "anderson": AndersonAcceleration,
     "bicgstab": BiCGStab,
+    "gmres": GMRES,
 }
 
 
 def get_solver(name, owner: str = "get_solver", allowed=tuple(SOLVERS), **options):
     r"""Build a solver from its name, or check and return a solver instance.
 
-    :param str, torch.nn.Module name: ``"fixed_point"``, ``"anderson"``, ``"bicgstab"`` or a solver
+    :param str, torch.nn.Module name: ``"fixed_point"``, ``"anderson"``, ``"bicgstab"``, ``"gmres"`` or a solver
         instance (then ``options`` must be empty).
     :param str owner: name used in error messages.
     :param tuple allowed: the names accepted in this context.
@@ -38,7 +39,7 @@ def get_solver(name, owner: str = "get_solver", allowed=tuple(SOLVERS), **option
     >>> get_solver("anderson", max_iter=30, history_size=3)
     AndersonAcceleration(max_iter=30, tol=0.0001, atol=0.0, divergence_ratio=10000.0, history_size=3, ridge=0.0001, mixing=1.0)
     """
-    if isinstance(name, (FixedPointSolver, BiCGStab)):
+    if isinstance(name, (FixedPointSolver, BiCGStab, GMRES)):
         if options:
             raise ValueError(
                 f"{owner}: options {sorted(options)} cannot be combined with a solver instance; "
@@ -56,6 +57,7 @@ __all__ = [
     "BiCGStab",
     "FixedPointIteration",
     "FixedPointSolver",
+    "GMRES",
     "SOLVERS",
     "SolverResult",
     "SolverStats",

@@ -126,8 +126,8 @@ class FixedPointSolver(torch.nn.Module):
     :param float tol: relative residual tolerance :math:`r_k \le` ``tol``.
     :param float atol: absolute residual tolerance (root-mean-square of :math:`f(x_k)-x_k`);
         ``0`` disables it. A sample converges when either tolerance is met.
-    :param float divergence_ratio: a sample whose relative residual exceeds ``divergence_ratio``
-        times its best one is flagged ``DIVERGED`` and frozen at its best iterate.
+    :param float divergence_ratio: a sample whose absolute residual exceeds ``divergence_ratio``
+        times its smallest one is flagged ``DIVERGED`` and frozen at its best iterate.
     """
 
     name = "base"
@@ -187,6 +187,7 @@ class FixedPointSolver(torch.nn.Module):
         best_fx = x0
         best_rel = torch.full((B,), float("inf"), device=dev, dtype=torch.float32 if x0.dtype != torch.float64 else x0.dtype)
         best_abs = best_rel.clone()
+        min_abs = best_rel.clone()  # smallest absolute residual seen, for divergence detection
         converged = torch.zeros(B, dtype=torch.bool, device=dev)
         nonfinite = torch.zeros_like(converged)
         diverged = torch.zeros_like(converged)
@@ -209,14 +210,18 @@ class FixedPointSolver(torch.nn.Module):
                 nonfinite = nonfinite | ~finite
                 trace.append(rel)
                 frozen = nonfinite | diverged
-                improved = finite & ~frozen & (rel < best_rel)
+                meets = finite & ~frozen & ((rel <= self.tol) | (absr <= self.atol))
+                improved = finite & ~frozen & ((rel < best_rel) | (meets & ~converged))
                 best_rel = torch.where(improved, rel, best_rel)
                 best_abs = torch.where(improved, absr, best_abs)
                 m = _expand(improved, x)
                 best_x = torch.where(m, x, best_x)
                 best_fx = torch.where(m, fx, best_fx)
-                converged = converged | (improved & ((rel <= self.tol) | (absr <= self.atol)))
-                diverged = diverged | (finite & ~converged & (rel > self.divergence_ratio * best_rel))
+                converged = converged | meets
+                min_abs = torch.where(finite & ~frozen, torch.minimum(min_abs, absr), min_abs)
+                # judged on the absolute residual: a linearly diverging map keeps a bounded
+                # relative residual while its iterates and residuals blow up
+                diverged = diverged | (finite & ~converged & (absr > self.divergence_ratio * min_abs))
                 if callback is not None:
                     callback(k, x, fx)
                 done = converged | nonfinite | diverged
