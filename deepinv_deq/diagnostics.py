@@ -39,7 +39,8 @@ def _batches(data) -> Iterable[Tensor]:
         yield data
         return
     if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
-        data = (data[i] for i in range(len(data)))
+        dataset = data
+        data = (dataset[i] for i in range(len(dataset)))
         single = True
     else:
         single = False
