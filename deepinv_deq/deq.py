@@ -2,6 +2,8 @@ r"""The deep equilibrium reconstructor: a fixed-point map, a forward solver and 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 from deepinv.models import Reconstructor
@@ -12,6 +14,11 @@ from .maps import build_map
 from .solvers import SolverStats, get_solver
 
 FORWARD_SOLVERS = ("fixed_point", "anderson")
+
+
+def _parameter_names(fn) -> list[str]:
+    skip = {"self", "unknown", "kwargs"}
+    return [n for n in inspect.signature(fn).parameters if n not in skip]
 INITS = ("adjoint", "pseudo_inverse")
 
 
@@ -99,7 +106,7 @@ class DEQ(Reconstructor):
         **unknown,
     ):
         super().__init__()
-        reject_unknown("DEQ", unknown, [])
+        reject_unknown("DEQ", unknown, _parameter_names(DEQ.__init__))
         self.map = build_map(
             iteration,
             denoiser=denoiser,
@@ -199,7 +206,7 @@ class DEQ(Reconstructor):
             [[...]]}``, indexed by sample then iteration).
         :return: the reconstruction, or ``(x, metrics)`` when ``compute_metrics`` is ``True``.
         """
-        reject_unknown("DEQ.forward", kwargs, [])
+        reject_unknown("DEQ.forward", kwargs, _parameter_names(DEQ.forward))
         if not isinstance(y, Tensor):
             raise ValueError(f"DEQ: y must be a tensor, got {type(y).__name__}.")
         with torch.no_grad():
