@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     g.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default ./{DEFAULT_OUT})")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = argparse.ArgumentParser(
@@ -79,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args, default_size: str) -> ExperimentConfig:
     import torch
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available on this machine.")
     return ExperimentConfig.from_preset(
@@ -108,7 +114,7 @@ def _grid(cfg, out, runs, progress, log):
 
 def _report(results, cfg, out: Path, name: str, log, figures: bool = True) -> None:
     from .results import figure, markdown, write_tables
-    from .runner import magnitude, test_measurements
+    from .runner import magnitude, held_out_measurements
     from .tasks import build_physics
 
     paths = write_tables(results, out, name=name, config=cfg.to_dict())
@@ -117,7 +123,7 @@ def _report(results, cfg, out: Path, name: str, log, figures: bool = True) -> No
     written = [str(p) for p in paths.values()]
     if figures:
         for task in sorted({r["task"] for r in results}):
-            x, _ = test_measurements(task, cfg, build_physics(task, cfg))[0]
+            x, _ = held_out_measurements(task, cfg, build_physics(task, cfg))[0]
             path = figure(results, out, task, out / f"figure_{task}.png", reference=magnitude(x)[0].cpu())
             written.append(str(path))
     log("written: " + ", ".join(written))

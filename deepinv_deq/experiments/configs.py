@@ -35,12 +35,12 @@ PRESETS = {
     "tiny": dict(img_size=16, n_train=4, n_test=2, epochs=1, batch_size=2, max_iter=5,
                  backward_max_iter=5, unrolled_iters=3, depth=3, width=8, views=10, denoiser_epochs=1),
     # ~10 minutes on 2 CPU cores: `deepinv-deq demo`
-    "demo": dict(img_size=32, n_train=64, n_test=16, epochs=8, batch_size=8, max_iter=20,
-                 backward_max_iter=20, unrolled_iters=8, depth=5, width=16, views=30,
+    "demo": dict(img_size=32, n_train=32, n_test=16, epochs=5, batch_size=8, max_iter=12,
+                 backward_max_iter=12, unrolled_iters=6, depth=5, width=16, views=30,
                  denoiser_epochs=20),
     # the recorded CPU reproduction (docs/results.rst)
-    "repro": dict(img_size=48, n_train=128, n_test=32, epochs=10, batch_size=8, max_iter=20,
-                  backward_max_iter=20, unrolled_iters=8, depth=5, width=24, views=40,
+    "repro": dict(img_size=32, n_train=48, n_test=24, epochs=6, batch_size=8, max_iter=12,
+                  backward_max_iter=12, unrolled_iters=6, depth=5, width=16, views=30,
                   denoiser_epochs=20),
     # the paper's setting (GPU)
     "paper": dict(img_size=128, n_train=2000, n_test=100, epochs=100, batch_size=8, max_iter=50,

@@ -2,7 +2,7 @@ r"""Training and evaluation of one run ``(task, method, regime)`` with :class:`d
 
 Layout of an output directory (one per experiment)::
 
-    OUT/<task>/<method>-<regime>/ckpt/ckp_<epoch>.pth.tar   Trainer checkpoints (resume from the last)
+    OUT/<task>/<method>-<regime>/ckpt/<time>/ckp_<epoch>.pth.tar   Trainer checkpoints (resume from the last)
     OUT/<task>/<method>-<regime>/model.pt                   trained weights
     OUT/<task>/<method>-<regime>/result.json                metrics on the held-out images (run done)
     OUT/<task>/<method>-<regime>/samples.pt                 reconstructions of the first test images
@@ -60,7 +60,9 @@ def _check_settings(folder: Path, cfg: ExperimentConfig) -> None:
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
-    ckpts = sorted(folder.glob("ckp_*.pth.tar"), key=lambda p: int(p.stem.split("_")[1].split(".")[0]))
+    # dinv.Trainer writes save_path/<timestamp>/ckp_<epoch>.pth.tar
+    ckpts = [p for p in folder.rglob("ckp_*.pth.tar") if p.name.split("_")[1].split(".")[0].isdigit()]
+    ckpts.sort(key=lambda p: (int(p.name.split("_")[1].split(".")[0]), p.stat().st_mtime))
     return ckpts[-1] if ckpts else None
 
 
@@ -89,7 +91,21 @@ def _train(model, physics, losses, dataset, cfg, folder: Path, epochs: int, seed
     ckdir.mkdir(parents=True, exist_ok=True)
     latest = _latest_checkpoint(ckdir)
     torch.manual_seed(seed)
-    trainer = dinv.Trainer(
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*non_blocking_transfers.*")
+        trainer = _trainer(model, physics, losses, dataset, cfg, ckdir, latest, epochs, seed, progress)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*backward solve did not converge.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*non_blocking_transfers.*")
+        trainer.train()
+    return trainer
+
+
+def _trainer(model, physics, losses, dataset, cfg, ckdir, latest, epochs, seed, progress):
+    import deepinv as dinv
+
+    return dinv.Trainer(
         model=model,
         physics=physics,
         optimizer=torch.optim.Adam(model.parameters(), lr=cfg.lr),
@@ -107,12 +123,6 @@ def _train(model, physics, losses, dataset, cfg, folder: Path, epochs: int, seed
         verbose=False,
         show_progress_bar=progress,
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*backward solve did not converge.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*non_blocking_transfers.*")
-        trainer.train()
-    return trainer
 
 
 def train_denoiser(task: str, cfg: ExperimentConfig, out: Path, progress: bool = True):
@@ -141,7 +151,7 @@ def train_denoiser(task: str, cfg: ExperimentConfig, out: Path, progress: bool =
     return denoiser
 
 
-def test_measurements(task: str, cfg: ExperimentConfig, physics):
+def held_out_measurements(task: str, cfg: ExperimentConfig, physics):
     r"""The held-out images and their measurements, identical for every method (seeded noise).
 
     :return: list of ``(x, y)`` batches on ``cfg.device``.
@@ -178,7 +188,7 @@ def evaluate(model, task: str, cfg: ExperimentConfig, physics, batches=None) -> 
     """
     import deepinv as dinv
 
-    batches = batches if batches is not None else test_measurements(task, cfg, physics)
+    batches = batches if batches is not None else held_out_measurements(task, cfg, physics)
     psnr, ssim = dinv.metric.PSNR(max_pixel=1.0), dinv.metric.SSIM(max_pixel=1.0)
     model.eval()
     values = {"psnr": [], "ssim": []}

@@ -1,0 +1,134 @@
+"""Offline datasets (seeded phantoms) and the real-data entry points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deepinv_deq.data import (
+    SeededPhantomDataset,
+    fastmri_slices,
+    lidc_idri_slices,
+    load_dataset,
+    numpy_seed,
+    phantom_splits,
+)
+
+
+@pytest.mark.parametrize("kind, channels", [("ct", 1), ("mri", 2)])
+def test_phantoms_are_deterministic_images(kind, channels):
+    a = SeededPhantomDataset(3, size=16, kind=kind, seed=5)
+    b = SeededPhantomDataset(3, size=16, kind=kind, seed=5, cache=False)
+    # access order must not matter
+    xs_b = [b[i] for i in (2, 0, 1)]
+    for i, xb in zip((2, 0, 1), xs_b):
+        assert a[i].shape == (channels, 16, 16)
+        assert torch.equal(a[i], xb)
+        assert a[i].min() >= 0 and a[i].max() <= 1
+        assert a[i].abs().sum() > 0
+    assert not torch.equal(a[0], a[1])
+    if kind == "mri":
+        assert torch.count_nonzero(a[0][1]) == 0  # imaginary part
+
+
+def test_seeds_and_splits_differ():
+    a = SeededPhantomDataset(2, size=16, seed=0)
+    b = SeededPhantomDataset(2, size=16, seed=1)
+    assert not torch.equal(a[0], b[0])
+    train, test = phantom_splits("ct", 4, 4, size=16, seed=0)
+    for i in range(4):
+        for j in range(4):
+            assert not torch.equal(train[i], test[j])
+
+
+def test_global_numpy_state_untouched():
+    np.random.seed(123)
+    expected = np.random.rand(3)
+    np.random.seed(123)
+    SeededPhantomDataset(2, size=16, kind="mri")[1]
+    with numpy_seed(7):
+        np.random.rand(10)
+    assert np.allclose(np.random.rand(3), expected)
+
+
+def test_phantoms_batch_in_dataloader():
+    loader = torch.utils.data.DataLoader(SeededPhantomDataset(5, size=16), batch_size=2)
+    shapes = [x.shape for x in loader]
+    assert shapes == [(2, 1, 16, 16), (2, 1, 16, 16), (1, 1, 16, 16)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"length": 0}, "length"), ({"size": 4}, "size"), ({"kind": "pet"}, "kind"), ({"seed": -1}, "seed")],
+)
+def test_phantom_options_validated(kwargs, name):
+    opts = {"length": 2, "size": 16} | kwargs
+    with pytest.raises(ValueError, match=name):
+        SeededPhantomDataset(**opts)
+    with pytest.raises(IndexError):
+        SeededPhantomDataset(2, size=16)[2]
+
+
+def _write_fastmri(path, n_slices=3, h=20, w=24, target=True):
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        k = rng.standard_normal((n_slices, h, w)) + 1j * rng.standard_normal((n_slices, h, w))
+        f.create_dataset("kspace", data=k.astype(np.complex64))
+        if target:
+            img = rng.random((n_slices, h, w)).astype(np.float32) * 5 + 2
+            f.create_dataset("reconstruction_rss", data=img)
+    return path
+
+
+def test_fastmri_slices_reads_generated_files(tmp_path):
+    _write_fastmri(tmp_path / "file1.h5")
+    _write_fastmri(tmp_path / "file2.h5")
+    ds = fastmri_slices(tmp_path, size=16, slice_index="all")
+    assert len(ds) == 6
+    x = ds[4]
+    assert x.shape == (2, 16, 16)
+    assert torch.isclose(x[0].min(), torch.tensor(0.0)) and torch.isclose(x[0].max(), torch.tensor(1.0))
+    assert torch.count_nonzero(x[1]) == 0
+    middle = fastmri_slices(tmp_path, size=16)  # default: the middle slice of each volume
+    assert len(middle) == 2 and torch.equal(middle[0], ds[1]) and torch.equal(middle[1], ds[4])
+    train = load_dataset(str(tmp_path), "mri", n=1, size=16, split=0)
+    test = load_dataset(str(tmp_path), "mri", n=1, size=16, split=1)
+    assert torch.equal(train[0], ds[1]) and torch.equal(test[0], ds[4])
+
+
+def test_fastmri_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        fastmri_slices(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match=r"\*\.h5"):
+        fastmri_slices(tmp_path)
+    _write_fastmri(tmp_path / "no_target.h5", target=False)
+    with pytest.raises(ValueError, match="reconstruction"):
+        fastmri_slices(tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="not a readable HDF5"):
+        fastmri_slices(bad)
+    with pytest.raises(ValueError, match="local folder"):
+        fastmri_slices(None)
+
+
+def test_lidc_errors(tmp_path):
+    # LIDC-IDRI slices are DICOM files listed in metadata.csv; writing DICOM needs pydicom, which is
+    # not a dependency, so the folder checks and the missing-package message are what is tested.
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        lidc_idri_slices(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="metadata.csv"):
+        lidc_idri_slices(tmp_path)
+    (tmp_path / "metadata.csv").write_text("Subject ID,Modality,File Location\n")
+    try:
+        import pandas  # noqa: F401
+        import pydicom  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install"):
+            lidc_idri_slices(tmp_path)
+    else:  # an empty listing is a malformed folder
+        with pytest.raises(FileNotFoundError, match="no .dcm"):
+            lidc_idri_slices(tmp_path)
