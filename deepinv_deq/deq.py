@@ -2,6 +2,7 @@ r"""The deep equilibrium reconstructor: a fixed-point map, a forward solver and 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -14,6 +15,17 @@ from .maps import build_map
 from .solvers import SolverStats, get_solver
 
 FORWARD_SOLVERS = ("fixed_point", "anderson")
+
+
+@contextlib.contextmanager
+def _explained(action: str):
+    # turn a shape/dtype/device error inside torch into a ValueError that says what DEQ was doing
+    try:
+        yield
+    except RuntimeError as e:
+        if "out of memory" in str(e):
+            raise
+        raise ValueError(f"DEQ: {action} failed; check that y, init and the physics fit: {e}") from e
 
 
 def _parameter_names(fn) -> list[str]:
@@ -167,9 +179,29 @@ class DEQ(Reconstructor):
             return physics.A_dagger(y)
         return physics.A_adjoint(y)
 
-    def _check_inputs(self, y: Tensor, init: Tensor | None, x0: Tensor) -> None:
+    def _check_measurements(self, y) -> None:
+        if not isinstance(y, Tensor):
+            raise ValueError(f"DEQ: y must be a tensor, got {type(y).__name__}.")
+        if not (y.is_floating_point() or y.is_complex()):
+            raise ValueError(f"DEQ: y must be a floating-point tensor, got dtype {y.dtype}.")
+        ref = next((t for t in self.parameters() if t.is_floating_point()), None)
+        if ref is None:
+            ref = next((t for t in self.buffers() if t.is_floating_point()), None)
+        if ref is not None:
+            if y.device != ref.device:
+                raise ValueError(
+                    f"DEQ: y is on device {y.device} but the model is on {ref.device}; move one of "
+                    "them (e.g. model.to(y.device))."
+                )
+            if y.real.dtype != ref.dtype:
+                raise ValueError(
+                    f"DEQ: y has dtype {y.dtype} but the model's parameters have dtype {ref.dtype}; "
+                    "convert one of them (e.g. model.to(y.dtype))."
+                )
         if not bool(torch.isfinite(y).all()):
             raise ValueError("DEQ: the measurements y contain NaN or Inf.")
+
+    def _check_inputs(self, y: Tensor, init: Tensor | None, x0: Tensor) -> None:
         if init is None:
             return
         if not isinstance(init, Tensor):
@@ -183,6 +215,10 @@ class DEQ(Reconstructor):
             raise ValueError(f"DEQ: 'init' is on {init.device} but y is on {y.device}.")
         if not init.is_floating_point() and not init.is_complex():
             raise ValueError(f"DEQ: 'init' must be a floating-point tensor, got {init.dtype}.")
+        if init.dtype != x0.dtype:
+            raise ValueError(
+                f"DEQ: 'init' has dtype {init.dtype} but the images from y have dtype {x0.dtype}."
+            )
         if not bool(torch.isfinite(init).all()):
             raise ValueError("DEQ: 'init' contains NaN or Inf.")
 
@@ -207,12 +243,10 @@ class DEQ(Reconstructor):
         :return: the reconstruction, or ``(x, metrics)`` when ``compute_metrics`` is ``True``.
         """
         reject_unknown("DEQ.forward", kwargs, _parameter_names(DEQ.forward))
-        if not isinstance(y, Tensor):
-            raise ValueError(f"DEQ: y must be a tensor, got {type(y).__name__}.")
-        with torch.no_grad():
+        self._check_measurements(y)
+        with torch.no_grad(), _explained(f"computing the initial iterate from y of shape {tuple(y.shape)}"):
             if init is None:
                 x0 = self.initial_iterate(y, physics)
-                self._check_inputs(y, None, x0)
             else:
                 self._check_inputs(y, init, self._reference_image(y, physics, init))
                 x0 = init
@@ -225,7 +259,21 @@ class DEQ(Reconstructor):
         metrics = None
         if compute_metrics:
             metrics, callback = self._metrics_recorder(x_gt)
-        result = self.solver(fmap, x0, callback=callback)
+        first = [True]
+
+        def checked_map(x):
+            # the first evaluation is where inputs that do not fit the physics or the denoiser
+            # fail: name them in the error instead of surfacing a bare torch error
+            if first[0]:
+                first[0] = False
+                with _explained(
+                    f"evaluating the fixed-point map on an iterate of shape {tuple(x.shape)} "
+                    f"(from y of shape {tuple(y.shape)})"
+                ):
+                    return fmap(x)
+            return fmap(x)
+
+        result = self.solver(checked_map, x0, callback=callback)
         self.forward_stats = result.stats
         if torch.is_grad_enabled():
             x = self.backward(fmap, result.x)

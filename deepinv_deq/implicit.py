@@ -178,13 +178,16 @@ class ImplicitBackward(torch.nn.Module):
     def _make_hook(self, z: Tensor, x_in: Tensor):
         # Everything a hook needs is captured here, per call: no state is shared between calls.
         def vjp(u: Tensor) -> Tensor:
-            (g,) = torch.autograd.grad(z, x_in, u, retain_graph=True, allow_unused=True)
-            return torch.zeros_like(u) if g is None else g
+            (g,) = torch.autograd.grad(z, x_in, u.to(z.dtype), retain_graph=True, allow_unused=True)
+            return torch.zeros_like(u) if g is None else g.to(u.dtype)
 
         def hook(v: Tensor | None) -> Tensor | None:
             if v is None:  # no gradient flows into this call's output
                 return None
-            v = v.detach()
+            # the adjoint is solved in at least float32, whatever the dtype of the incoming
+            # gradient (bfloat16 when the map's output is bfloat16 under autocast)
+            grad_dtype = v.dtype
+            v = v.detach().to(torch.promote_types(v.dtype, torch.float32))
             if isinstance(self.solver, (GMRES, BiCGStab)):
                 with torch.no_grad():
                     result = self.solver.solve_linear(lambda u: u - vjp(u), v, v)
@@ -193,7 +196,7 @@ class ImplicitBackward(torch.nn.Module):
             self.last_stats = result.stats
             self.n_solves += 1
             self._check(result.stats)
-            return result.fx
+            return result.fx.to(grad_dtype)
 
         return hook
 

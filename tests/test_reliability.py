@@ -43,19 +43,6 @@ def problem():
     return physics, x, physics(x)
 
 
-#: checks that DEQ does not make yet: y is not validated against the model and the physics, so a
-#: wrong shape, dtype or device surfaces as a raw RuntimeError from inside torch (or, for integer
-#: y, is silently accepted). Reported to the core owner; remove the mark once DEQ.forward checks.
-Y_NOT_VALIDATED = pytest.mark.xfail(
-    strict=True, reason="DEQ.forward does not validate y's shape/dtype/device (core gap, reported)"
-)
-#: solver constructors take explicit keywords, so an unknown one is a TypeError, not the
-#: project's ValueError naming it (get_solver and DEQ do raise ValueError).
-SOLVER_KWARGS = pytest.mark.xfail(
-    strict=True, reason="solver constructors raise TypeError on unknown keywords (core gap, reported)"
-)
-
-
 def make_deq(**kw):
     opts = dict(denoiser=TinyDenoiser(), stepsize=1.0, max_iter=50, tol=1e-5)
     opts.update(kw)
@@ -124,35 +111,30 @@ def test_measurements_not_a_tensor_raise(problem):
 @pytest.mark.parametrize(
     "shape", [(2, 1, 8, 9), (2, 2, 8, 8), (2, 8, 8)], ids=["width", "channels", "ndim"]
 )
-@Y_NOT_VALIDATED
 def test_measurements_of_wrong_shape_raise_clear_error(problem, shape):
     physics, _, _ = problem
     with pytest.raises(ValueError, match="y"):
         make_deq()(torch.rand(shape), physics)
 
 
-@Y_NOT_VALIDATED
 def test_measurements_of_integer_dtype_raise(problem):
     physics, _, y = problem
     with pytest.raises(ValueError, match="dtype|floating"):
         make_deq()((y * 10).to(torch.int64), physics)
 
 
-@Y_NOT_VALIDATED
 def test_measurements_of_other_float_dtype_than_model_raise_clear_error(problem):
     physics, _, y = problem
     with pytest.raises(ValueError, match="dtype|float64"):
         make_deq()(y.double(), physics)
 
 
-@Y_NOT_VALIDATED
 def test_init_of_other_float_dtype_than_measurements_raises_clear_error(problem):
     physics, x, y = problem
     with pytest.raises(ValueError, match="dtype|float64"):
         make_deq()(y, physics, init=torch.zeros(x.shape, dtype=torch.float64))
 
 
-@Y_NOT_VALIDATED
 def test_measurements_on_another_device_than_model_raise_clear_error(problem):
     physics, _, y = problem
     with pytest.raises(ValueError, match="device|meta"):
@@ -356,7 +338,6 @@ def test_unknown_option_is_named(build):
 
 
 @pytest.mark.parametrize("cls", [FixedPointIteration, AndersonAcceleration, BiCGStab])
-@SOLVER_KWARGS
 def test_solver_constructor_unknown_option_is_a_value_error(cls):
     with pytest.raises(ValueError, match="histroy_size"):
         cls(histroy_size=3)

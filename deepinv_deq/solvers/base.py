@@ -139,9 +139,11 @@ class FixedPointSolver(torch.nn.Module):
         tol: float = 1e-4,
         atol: float = 0.0,
         divergence_ratio: float = 1e4,
+        **unknown,
     ):
         super().__init__()
         owner = type(self).__name__
+        reject_unknown(owner, unknown, self._options)
         self.max_iter = check_int(owner, "max_iter", max_iter, 1)
         self.tol = check_float(owner, "tol", tol, 0.0)
         self.atol = check_float(owner, "atol", atol, 0.0)

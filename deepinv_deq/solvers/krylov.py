@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from .._validation import check_float, check_int
+from .._validation import check_float, check_int, reject_unknown
 from .base import SolverResult, SolverStats, SolverStatus, _per_sample_norm
 
 
@@ -37,8 +37,9 @@ class BiCGStab(torch.nn.Module):
     name = "bicgstab"
     _options = ("max_iter", "tol")
 
-    def __init__(self, max_iter: int = 50, tol: float = 1e-5):
+    def __init__(self, max_iter: int = 50, tol: float = 1e-5, **unknown):
         super().__init__()
+        reject_unknown(type(self).__name__, unknown, self._options)
         self.max_iter = check_int(type(self).__name__, "max_iter", max_iter, 1)
         self.tol = check_float(type(self).__name__, "tol", tol, 0.0)
 
@@ -120,9 +121,10 @@ class GMRES(torch.nn.Module):
     name = "gmres"
     _options = ("max_iter", "tol", "restart")
 
-    def __init__(self, max_iter: int = 50, tol: float = 1e-5, restart: int = 20):
+    def __init__(self, max_iter: int = 50, tol: float = 1e-5, restart: int = 20, **unknown):
         super().__init__()
         owner = type(self).__name__
+        reject_unknown(owner, unknown, self._options)
         self.max_iter = check_int(owner, "max_iter", max_iter, 1)
         self.tol = check_float(owner, "tol", tol, 0.0)
         self.restart = check_int(owner, "restart", restart, 1)
