@@ -13,7 +13,7 @@ from deepinv_deq import DEQ
 from deepinv_deq.experiments import ExperimentConfig, build_losses, build_model, run
 from deepinv_deq.experiments.configs import METHODS, check_run, parse_list
 from deepinv_deq.experiments.methods import PseudoInverseNet, Unrolled, build_denoiser
-from deepinv_deq.experiments.results import figure, markdown, write_tables
+from deepinv_deq.experiments.results import figure, markdown, rst, write_tables
 from deepinv_deq.experiments.runner import evaluate, magnitude, run_dir, held_out_measurements
 from deepinv_deq.experiments.tasks import build_physics, pseudo_inverse
 from deepinv_deq.maps import PGDMap
@@ -188,6 +188,10 @@ def test_tables_and_figure(tmp_path):
     md = markdown(results)
     lines = md.strip().splitlines()
     assert lines[2].startswith("| CT | deq | EI (MC + EI) | 28.50 ± 0.50")  # table order: deq first
+    table = rst(results)
+    assert table.startswith(".. list-table::") and table.count("   * - CT") == 2
+    assert table.index("     - deq") < table.index("     - unet")
+    assert "     - 28.50 ± 0.50" in table and "     - 11.5" in table
     paths = write_tables(results, tmp_path, name="t", config={"seed": 0})
     with open(paths["csv"]) as f:
         rows = list(csv.DictReader(f))

@@ -108,3 +108,28 @@ def figure(results: list[dict], out, task: str, path, reference=None) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def rst(results: list[dict]) -> str:
+    r"""The comparison table as a reStructuredText ``list-table`` (for the documentation)."""
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        "   * - task",
+        "     - method",
+        "     - training",
+        "     - PSNR (dB)",
+        "     - SSIM",
+        "     - fwd iters",
+        "     - train (s)",
+    ]
+    for r in rows(results):
+        nfe = "-" if r["nfe"] is None else f"{r['nfe']:.1f}"
+        tr = "-" if not r["train_s"] else f"{r['train_s']:.0f}"
+        cells = [r["task"].upper(), r["method"], REGIME_NAMES[r["regime"]],
+                 f"{r['psnr_mean']:.2f} ± {r['psnr_std']:.2f}",
+                 f"{r['ssim_mean']:.3f} ± {r['ssim_std']:.3f}", nfe, tr]
+        lines.append(f"   * - {cells[0]}")
+        lines += [f"     - {c}" for c in cells[1:]]
+    return "\n".join(lines) + "\n"
