@@ -10,6 +10,26 @@ from .._validation import check_float, check_int, reject_unknown
 from .base import SolverResult, SolverStats, SolverStatus, _per_sample_norm
 
 
+def _linear_result(solver, u: Tensor, res: Tensor, bnorm: Tensor, nmv: int, trace) -> SolverResult:
+    # statistics of a linear solve M u = b from the final true residual norms ||b - M u||
+    rel = res / torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
+    finite = torch.isfinite(rel) & torch.isfinite(u.reshape(u.shape[0], -1)).all(dim=1)
+    status = torch.where(
+        finite,
+        torch.where(rel <= solver.tol, int(SolverStatus.CONVERGED), int(SolverStatus.MAX_ITER)),
+        int(SolverStatus.NONFINITE),
+    ).to(torch.int64)
+    stats = SolverStats(
+        nfe=nmv,
+        residual=rel,
+        abs_residual=res / max(u[0].numel(), 1) ** 0.5,
+        trace=torch.stack(trace) if trace else rel[None],
+        status=status,
+        solver=solver.name,
+    )
+    return SolverResult(x=u, fx=u, stats=stats)
+
+
 class BiCGStab(torch.nn.Module):
     r"""BiCGStab for the non-symmetric linear system :math:`M u = b` (batched, per sample).
 
@@ -69,22 +89,7 @@ class BiCGStab(torch.nn.Module):
         init = None if x0 is None else x0 / scale
         u = scale * bicgstab(counted, b / scale, init=init, max_iter=self.max_iter, tol=self.tol, parallel_dim=0)
         res = _per_sample_norm(b - counted(u))
-        rel = res / (bnorm + torch.finfo(res.dtype).tiny)
-        finite = torch.isfinite(rel) & torch.isfinite(u.reshape(u.shape[0], -1)).all(dim=1)
-        status = torch.where(
-            finite,
-            torch.where(rel <= self.tol, int(SolverStatus.CONVERGED), int(SolverStatus.MAX_ITER)),
-            int(SolverStatus.NONFINITE),
-        ).to(torch.int64)
-        stats = SolverStats(
-            nfe=count[0],
-            residual=rel,
-            abs_residual=res / max(b[0].numel(), 1) ** 0.5,
-            trace=rel[None],
-            status=status,
-            solver=self.name,
-        )
-        return SolverResult(x=u, fx=u, stats=stats)
+        return _linear_result(self, u, res, bnorm, count[0], None)
 
     def extra_repr(self) -> str:
         return f"max_iter={self.max_iter}, tol={self.tol}"
@@ -179,23 +184,7 @@ class GMRES(torch.nn.Module):
             r = bf - mv(x)
             nmv += 1
             res = torch.linalg.vector_norm(r, dim=1)
-        rel = res / torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
-        finite = torch.isfinite(rel) & torch.isfinite(x).all(dim=1)
-        status = torch.where(
-            finite,
-            torch.where(res <= target, int(SolverStatus.CONVERGED), int(SolverStatus.MAX_ITER)),
-            int(SolverStatus.NONFINITE),
-        ).to(torch.int64)
-        u = x.reshape(shape).to(b.dtype)
-        stats = SolverStats(
-            nfe=nmv,
-            residual=rel,
-            abs_residual=res / max(b[0].numel(), 1) ** 0.5,
-            trace=torch.stack(trace) if trace else rel[None],
-            status=status,
-            solver=self.name,
-        )
-        return SolverResult(x=u, fx=u, stats=stats)
+        return _linear_result(self, x.reshape(shape).to(b.dtype), res, bnorm, nmv, trace)
 
     def extra_repr(self) -> str:
         return f"max_iter={self.max_iter}, tol={self.tol}, restart={self.restart}"
