@@ -1,0 +1,170 @@
+r"""Sphinx configuration of the deepinv-deq documentation.
+
+Builds offline: no intersphinx. References to deepinv and PyTorch objects in docstrings
+(``:class:`deepinv.physics.Tomography```) are turned into links to their online documentation by
+:func:`_external_reference` below; ``:deepinv:`...``` and ``:torch:`...``` roles do the same in pages.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from docutils import nodes
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # import the checkout even without `pip install -e .`
+
+import deepinv_deq  # noqa: E402
+
+# -- project --------------------------------------------------------------------------------------
+project = "deepinv-deq"
+author = "deepinv-deq developers"
+copyright = "2026, deepinv-deq developers"
+release = deepinv_deq.__version__
+version = release
+
+# -- extensions -----------------------------------------------------------------------------------
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.extlinks",
+    "sphinx.ext.doctest",
+    "sphinx_gallery.gen_gallery",
+]
+try:  # part of the `docs` extra; optional for a bare build
+    import sphinx_copybutton  # noqa: F401
+
+    extensions.append("sphinx_copybutton")
+except ImportError:  # pragma: no cover
+    pass
+
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "auto_examples/*.ipynb", "**.ipynb_checkpoints"]
+source_suffix = {".rst": "restructuredtext"}
+root_doc = "index"
+
+# deepinv's docstrings (and ours, which follow them) separate the description from the example
+# with |sep|.
+rst_prolog = """
+.. |sep| raw:: html
+
+   <hr>
+
+"""
+
+# -- autodoc / autosummary ------------------------------------------------------------------------
+autosummary_generate = True
+autosummary_imported_members = False
+autodoc_default_options = {"member-order": "bysource"}
+autodoc_typehints = "none"  # the :param type name: fields already give the types
+autodoc_class_signature = "mixed"
+add_module_names = False
+
+# -- links to deepinv and PyTorch (offline: plain external links) ---------------------------------
+DEEPINV_DOCS = "https://deepinv.github.io/deepinv"
+TORCH_DOCS = "https://docs.pytorch.org/docs/stable"
+extlinks = {
+    "deepinv": (DEEPINV_DOCS + "/api/stubs/%s.html", "%s"),
+    "deepinv_guide": (DEEPINV_DOCS + "/user_guide/%s.html", "%s"),
+    "torch": (TORCH_DOCS + "/generated/%s.html", "%s"),
+}
+
+
+def _external_url(target: str, reftype: str) -> str | None:
+    """The online documentation page of a deepinv or torch object, or None."""
+    if target.startswith("deepinv.") and not target.startswith("deepinv_deq"):
+        if reftype == "mod":
+            return f"{DEEPINV_DOCS}/api/{target}.html"
+        if reftype in ("meth", "attr"):
+            owner = target.rsplit(".", 1)[0]
+            return f"{DEEPINV_DOCS}/api/stubs/{owner}.html#{target}"
+        return f"{DEEPINV_DOCS}/api/stubs/{target}.html"
+    if target == "torch.no_grad":
+        return f"{TORCH_DOCS}/generated/torch.no_grad.html"
+    if target.startswith("torch."):
+        if reftype == "mod":
+            return f"{TORCH_DOCS}/{target[len('torch.'):]}.html" if target.count(".") == 1 else None
+        if reftype in ("meth", "attr"):
+            owner = target.rsplit(".", 1)[0]
+            return f"{TORCH_DOCS}/generated/{owner}.html#{target}"
+        return f"{TORCH_DOCS}/generated/{target}.html"
+    return None
+
+
+_BUILTIN_EXCEPTIONS = {"ValueError", "RuntimeError", "RuntimeWarning", "TypeError", "UserWarning"}
+
+
+def _external_reference(app, env, node, contnode):
+    """Resolve ``:class:`deepinv.X``` and ``:class:`torch.X``` to their online documentation."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "")
+    if target in _BUILTIN_EXCEPTIONS:
+        url = f"https://docs.python.org/3/library/exceptions.html#{target}"
+    else:
+        url = _external_url(target, node.get("reftype", ""))
+    if url is None:
+        return None
+    ref = nodes.reference("", "", internal=False, refuri=url, reftitle=target)
+    ref.append(contnode)
+    return ref
+
+
+def setup(app):
+    app.connect("missing-reference", _external_reference)
+
+
+# -- sphinx-gallery -------------------------------------------------------------------------------
+# Every examples/demo_*.py is executed during the build; a failing example fails the build.
+warnings.filterwarnings("ignore", category=UserWarning, message="Matplotlib is currently using agg")
+sphinx_gallery_conf = {
+    "examples_dirs": ["../examples"],
+    "gallery_dirs": ["auto_examples"],
+    "filename_pattern": r"/demo_",
+    "ignore_pattern": r"__init__\.py",
+    "abort_on_example_error": True,
+    # DEEPINV_DEQ_DOCS_PLOT_GALLERY=0 builds the pages without running the examples (quick drafts)
+    "plot_gallery": os.environ.get("DEEPINV_DEQ_DOCS_PLOT_GALLERY", "1").lower() not in ("0", "false", "no"),
+    "within_subsection_order": "FileNameSortKey",
+    "backreferences_dir": "gen_modules/backreferences",
+    "doc_module": ("deepinv_deq",),
+    "reference_url": {"deepinv_deq": None},
+    "remove_config_comments": True,
+    "min_reported_time": 0,
+    "write_computation_times": True,
+    "matplotlib_animations": False,
+    "thumbnail_size": (320, 224),
+}
+
+# -- HTML ------------------------------------------------------------------------------------------
+html_theme = "pydata_sphinx_theme"
+html_title = f"deepinv-deq {release}"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+html_show_sourcelink = False
+html_theme_options = {
+    "navbar_align": "left",
+    "show_toc_level": 2,
+    "navigation_with_keys": False,
+    "header_links_before_dropdown": 6,
+    "secondary_sidebar_items": ["page-toc"],
+    "icon_links": [
+        {
+            "name": "deepinv",
+            "url": DEEPINV_DOCS,
+            "icon": "fa-solid fa-book",
+            "type": "fontawesome",
+        },
+    ],
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version"],
+}
+html_sidebars = {"index": [], "user_guide": [], "api": []}
+
+# -- doctest -----------------------------------------------------------------------------------------
+doctest_global_setup = "import torch\ntorch.manual_seed(0)"
