@@ -262,3 +262,19 @@ def test_checkpoint_save_and_reload_reproduces_outputs(tmp_path, device):
     assert torch.equal(out, ref)
     for k, v in model.state_dict().items():
         assert torch.equal(v, fresh.state_dict()[k]), k
+
+
+def test_monitor_metrics_in_trainer_test_with_no_learning_comparison():
+    # Trainer.test also calls metrics with its no-learning (adjoint) model: no error, and the
+    # DEQ's evaluation solves are reported (no backward solve in evaluation).
+    torch.manual_seed(0)
+    physics = tomography("cpu")
+    model = make_model(1, "cpu")
+    monitor = DEQMonitor()
+    trainer = train(model, physics, [dinv.loss.MCLoss()], 1, "cpu", epochs=1, metrics=monitor.metrics())
+    loader = torch.utils.data.DataLoader(Images(channels=1), batch_size=2)
+    results = trainer.test(loader, compare_no_learning=True)
+    assert monitor.model is model
+    assert results["DEQForwardNFE"] == model.forward_stats.nfe
+    assert results["DEQBackwardNFE"] == 0.0
+    assert results["DEQForwardResidual"] <= 1e-5
