@@ -43,6 +43,18 @@ class SolveRecord:
     :param str kind: ``"forward"`` or ``"backward"``.
     :param SolverStats stats: its statistics (tensors stay on the device; nothing is synchronised
         until the record is read).
+
+    |sep|
+
+    :Example:
+
+    >>> import torch
+    >>> from deepinv_deq.monitor import SolveRecord
+    >>> from deepinv_deq.solvers import FixedPointIteration
+    >>> result = FixedPointIteration(tol=1e-6)(lambda x: 0.5 * x + 1, torch.zeros(2, 3))
+    >>> rec = SolveRecord("forward", result.stats)
+    >>> rec.kind, bool(rec.stats.all_converged)
+    ('forward', True)
     """
 
     __slots__ = ("kind", "stats")
