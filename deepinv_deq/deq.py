@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 
+from collections import OrderedDict
+from typing import Callable
+
 import torch
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 from deepinv.models import Reconstructor
 
 from ._validation import check_choice, reject_unknown
@@ -75,7 +79,9 @@ class DEQ(Reconstructor):
     :param dict backward_options: further options of :class:`ImplicitBackward`.
 
     After each call, :attr:`forward_stats` holds the :class:`deepinv_deq.solvers.SolverStats` of the
-    forward solve and :attr:`backward_stats` those of the last implicit backward solve.
+    forward solve and :attr:`backward_stats` those of the last implicit backward solve; to see every
+    solve (an EI step makes several), use :meth:`register_stats_hook` or
+    :class:`deepinv_deq.DEQMonitor`.
 
     |sep|
 
@@ -164,6 +170,26 @@ class DEQ(Reconstructor):
         else:
             self.init = check_choice("DEQ", "init", init, INITS)
         self.forward_stats: SolverStats | None = None
+        self._stats_hooks: OrderedDict = OrderedDict()
+        self.backward.register_stats_hook(self._dispatch_backward_stats)
+
+    def register_stats_hook(self, hook: Callable[[str, SolverStats], None]) -> RemovableHandle:
+        r"""Call ``hook(kind, stats)`` after every solve of this model.
+
+        ``kind`` is ``"forward"`` for a forward solve and ``"backward"`` for an implicit backward
+        solve; ``stats`` is its :class:`deepinv_deq.solvers.SolverStats` (tensors stay on the device).
+        An EI training step calls the hook several times: one forward and one backward per DEQ call.
+
+        :param Callable hook: the function to call.
+        :return: a handle whose ``remove()`` unregisters the hook.
+        """
+        handle = RemovableHandle(self._stats_hooks)
+        self._stats_hooks[handle.id] = hook
+        return handle
+
+    def _dispatch_backward_stats(self, kind: str, stats: SolverStats) -> None:
+        for hook in tuple(self._stats_hooks.values()):
+            hook(kind, stats)
 
     @property
     def backward_stats(self) -> SolverStats | None:
@@ -198,29 +224,18 @@ class DEQ(Reconstructor):
                     f"DEQ: y has dtype {y.dtype} but the model's parameters have dtype {ref.dtype}; "
                     "convert one of them (e.g. model.to(y.dtype))."
                 )
-        if not bool(torch.isfinite(y).all()):
-            raise ValueError("DEQ: the measurements y contain NaN or Inf.")
 
-    def _check_inputs(self, y: Tensor, init: Tensor | None, x0: Tensor) -> None:
-        if init is None:
-            return
+    def _check_init(self, y: Tensor, init: Tensor) -> None:
+        # the shape of init is checked by the first map evaluation (see checked_map in forward):
+        # computing A^T y only to compare shapes would cost an adjoint on every warm start
         if not isinstance(init, Tensor):
             raise ValueError(f"DEQ: 'init' must be a tensor, got {type(init).__name__}.")
-        if init.shape != x0.shape:
-            raise ValueError(
-                f"DEQ: 'init' has shape {tuple(init.shape)} but the physics maps y to images of "
-                f"shape {tuple(x0.shape)}."
-            )
         if init.device != y.device:
             raise ValueError(f"DEQ: 'init' is on {init.device} but y is on {y.device}.")
         if not init.is_floating_point() and not init.is_complex():
             raise ValueError(f"DEQ: 'init' must be a floating-point tensor, got {init.dtype}.")
-        if init.dtype != x0.dtype:
-            raise ValueError(
-                f"DEQ: 'init' has dtype {init.dtype} but the images from y have dtype {x0.dtype}."
-            )
-        if not bool(torch.isfinite(init).all()):
-            raise ValueError("DEQ: 'init' contains NaN or Inf.")
+        if init.real.dtype != y.real.dtype:
+            raise ValueError(f"DEQ: 'init' has dtype {init.dtype} but y has dtype {y.dtype}.")
 
     def forward(
         self,
@@ -244,13 +259,18 @@ class DEQ(Reconstructor):
         """
         reject_unknown("DEQ.forward", kwargs, _parameter_names(DEQ.forward))
         self._check_measurements(y)
+        if init is not None:
+            self._check_init(y, init)
+        # one host synchronisation for both finiteness checks
+        finite = torch.isfinite(y).all()
+        if init is not None:
+            finite = finite & torch.isfinite(init).all()
+        if not bool(finite):
+            if not bool(torch.isfinite(y).all()):
+                raise ValueError("DEQ: the measurements y contain NaN or Inf.")
+            raise ValueError("DEQ: 'init' contains NaN or Inf.")
         with torch.no_grad(), _explained(f"computing the initial iterate from y of shape {tuple(y.shape)}"):
-            if init is None:
-                x0 = self.initial_iterate(y, physics)
-            else:
-                self._check_inputs(y, init, self._reference_image(y, physics, init))
-                x0 = init
-            x0 = x0.detach()
+            x0 = (self.initial_iterate(y, physics) if init is None else init).detach()
 
         def fmap(x):
             return self.map(x, y, physics)
@@ -275,6 +295,8 @@ class DEQ(Reconstructor):
 
         result = self.solver(checked_map, x0, callback=callback)
         self.forward_stats = result.stats
+        for hook in tuple(self._stats_hooks.values()):
+            hook("forward", result.stats)
         if torch.is_grad_enabled():
             x = self.backward(fmap, result.x)
         else:
@@ -282,12 +304,6 @@ class DEQ(Reconstructor):
         if compute_metrics:
             return x, metrics
         return x
-
-    def _reference_image(self, y, physics, init):
-        # an image of the shape the physics produces from y, to validate a user's init against
-        if callable(self.init) or not hasattr(physics, "A_adjoint"):
-            return init
-        return physics.A_adjoint(y)
 
     @staticmethod
     def _metrics_recorder(x_gt: Tensor | None):

@@ -18,10 +18,12 @@ pass then pushes :math:`u` through the single evaluation of :math:`f_\theta` to 
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 
 from ._validation import check_choice, check_float, check_int, reject_unknown
 from .solvers import GMRES, BiCGStab, SolverStats, SolverStatus, get_solver
@@ -141,6 +143,18 @@ class ImplicitBackward(torch.nn.Module):
         )
         self.last_stats: SolverStats | None = None
         self.n_solves = 0
+        self._stats_hooks: OrderedDict = OrderedDict()
+
+    def register_stats_hook(self, hook: Callable[[str, SolverStats], None]) -> RemovableHandle:
+        r"""Call ``hook("backward", stats)`` after every implicit backward solve.
+
+        :param Callable hook: the function to call with the kind and the
+            :class:`deepinv_deq.solvers.SolverStats` of the solve.
+        :return: a handle whose ``remove()`` unregisters the hook.
+        """
+        handle = RemovableHandle(self._stats_hooks)
+        self._stats_hooks[handle.id] = hook
+        return handle
 
     def forward(self, f: Callable[[Tensor], Tensor], x_star: Tensor) -> Tensor:
         r"""Return :math:`z = f(x^\star)` carrying the chosen gradient.
@@ -195,6 +209,8 @@ class ImplicitBackward(torch.nn.Module):
                 result = self.solver(lambda u: vjp(u) + v, v)
             self.last_stats = result.stats
             self.n_solves += 1
+            for stats_hook in tuple(self._stats_hooks.values()):
+                stats_hook("backward", result.stats)
             self._check(result.stats)
             return result.fx.to(grad_dtype)
 

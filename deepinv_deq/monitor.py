@@ -182,10 +182,7 @@ class DEQMonitor:
                 return self
             raise ValueError("DEQMonitor: already attached to another model; call detach() first.")
         self.model = model
-        self._handles = [
-            model.register_forward_hook(self._on_forward),
-            model.backward.register_forward_hook(self._on_backward_call),
-        ]
+        self._handles = [model.register_stats_hook(self._record)]
         return self
 
     def detach(self) -> None:
@@ -231,22 +228,6 @@ class DEQMonitor:
             queue.append(rec)
         if self.callback is not None:
             self.callback(rec)
-
-    def _on_forward(self, module, args, output) -> None:
-        self._record("forward", module.forward_stats)
-
-    def _on_backward_call(self, ib, args, output) -> None:
-        # The DEQ's ImplicitBackward returned z carrying its gradient hook; a second hook on the same
-        # tensor runs right after it, once the backward solve of this call is done.
-        if not isinstance(output, Tensor) or not output.requires_grad or ib.mode != "implicit":
-            return
-        solves_before = ib.n_solves
-
-        def after_solve(grad):
-            if ib.n_solves > solves_before:
-                self._record("backward", ib.last_stats)
-
-        output.register_hook(after_solve)
 
     def _current(self, model) -> list:
         out = []

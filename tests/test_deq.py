@@ -188,3 +188,20 @@ def test_trainer_one_epoch_on_tiny_tomography(tmp_path):
     after = list(model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
     assert model.backward.n_solves == 2  # one implicit backward per batch
+
+
+def test_stats_hook_sees_every_solve_of_an_ei_step():
+    physics, x, y = inpainting("cpu")
+    model = DEQ(denoiser=ContractiveDenoiser(), max_iter=100, tol=1e-6)
+    seen = []
+    handle = model.register_stats_hook(lambda kind, stats: seen.append((kind, stats.nfe)))
+    ei = dinv.loss.EILoss(dinv.transform.Shift())
+    x_net = model(y, physics)
+    loss = dinv.loss.MCLoss()(y=y, x_net=x_net, physics=physics) + ei(x_net=x_net, physics=physics, model=model)
+    assert [k for k, _ in seen] == ["forward", "forward"]
+    loss.backward()
+    assert [k for k, _ in seen] == ["forward", "forward", "backward", "backward"]
+    assert all(n > 0 for _, n in seen)
+    handle.remove()
+    model(y, physics)
+    assert len(seen) == 4
