@@ -68,7 +68,7 @@ class DEQ(Reconstructor):
         :class:`ImplicitBackward` instance.
     :param int backward_max_iter: maximum iterations of the implicit backward solve (default 50).
     :param float backward_tol: tolerance of the implicit backward solve (default ``1e-5``).
-    :param str backward_solver: ``"anderson"`` (default), ``"fixed_point"`` or ``"bicgstab"``.
+    :param str backward_solver: ``"anderson"`` (default), ``"fixed_point"`` or ``"gmres"``.
     :param float lambda_reg: regularisation weight of the RED iteration.
     :param tuple trainable_params: scalar parameters to learn, among ``"stepsize"``,
         ``"sigma_denoiser"`` (and ``"lambda_reg"`` for RED).

@@ -26,10 +26,10 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 from ._validation import check_choice, check_float, check_int, reject_unknown
-from .solvers import GMRES, BiCGStab, SolverStats, SolverStatus, get_solver
+from .solvers import GMRES, SolverStats, SolverStatus, get_solver
 
 MODES = ("implicit", "jfb", "phantom")
-BACKWARD_SOLVERS = ("fixed_point", "anderson", "gmres", "bicgstab")
+BACKWARD_SOLVERS = ("fixed_point", "anderson", "gmres")
 
 
 class ImplicitBackward(torch.nn.Module):
@@ -40,10 +40,8 @@ class ImplicitBackward(torch.nn.Module):
 
     - ``"implicit"``: the exact implicit gradient. The adjoint equation
       :math:`u = J_f(x^\star)^\top u + v` is solved with ``solver``: ``"fixed_point"`` (Neumann
-      series), ``"anderson"``, or a Krylov method on :math:`(I - J_f^\top) u = v`: ``"gmres"``
-      (ours, reaches any tolerance) or ``"bicgstab"`` (deepinv's
-      :func:`deepinv.optim.linear.bicgstab`; its absolute breakdown guards stall it near
-      :math:`\sqrt{\epsilon}` relative residual). Each iteration costs one vector-Jacobian product.
+      series), ``"anderson"``, or ``"gmres"`` (Krylov, on :math:`(I - J_f^\top) u = v`; see
+      :class:`deepinv_deq.solvers.GMRES`). Each iteration costs one vector-Jacobian product.
     - ``"jfb"``: Jacobian-free backpropagation, :math:`u = v`
       (:math:`J_f` is treated as zero); cheap, but only an approximation of the gradient.
     - ``"phantom"``: :math:`k` damped unrolled steps
@@ -51,7 +49,8 @@ class ImplicitBackward(torch.nn.Module):
       by autograd.
 
     Under :func:`torch.no_grad` the call costs a single evaluation of :math:`f`. The statistics of
-    the last implicit backward solve are in :attr:`last_stats` (a :class:`SolverStats`), and
+    the last implicit backward solve are in ``last_stats`` (a
+    :class:`deepinv_deq.solvers.SolverStats`), and
     ``ib.n_solves`` counts the backward solves run so far.
 
     :param str mode: ``"implicit"``, ``"jfb"`` or ``"phantom"``.
@@ -202,7 +201,7 @@ class ImplicitBackward(torch.nn.Module):
             # gradient (bfloat16 when the map's output is bfloat16 under autocast)
             grad_dtype = v.dtype
             v = v.detach().to(torch.promote_types(v.dtype, torch.float32))
-            if isinstance(self.solver, (GMRES, BiCGStab)):
+            if isinstance(self.solver, GMRES):
                 with torch.no_grad():
                     result = self.solver.solve_linear(lambda u: u - vjp(u), v, v)
             else:

@@ -134,7 +134,7 @@ for _ in range(300):
     x = F_var(x)
 reference = flat_grad(((x - x_true) ** 2).mean())
 
-for backward_solver in ("fixed_point", "anderson", "bicgstab"):
+for backward_solver in ("fixed_point", "anderson", "gmres"):
     ib = ImplicitBackward(mode="implicit", solver=backward_solver, max_iter=200, tol=1e-9)
     z = ib(F_var, result.x)
     g = flat_grad(((z - x_true) ** 2).mean())

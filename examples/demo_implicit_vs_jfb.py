@@ -145,7 +145,7 @@ def deq(mode, **options):
 
 methods = {
     "implicit (Anderson)": deq("implicit", backward_max_iter=200, backward_tol=1e-10),
-    "implicit (BiCGStab)": deq("implicit", backward_solver="bicgstab", backward_max_iter=200, backward_tol=1e-7),
+    "implicit (GMRES)": deq("implicit", backward_solver="gmres", backward_max_iter=200, backward_tol=1e-7),
     "JFB": deq("jfb"),
     "phantom (5 steps)": deq("phantom", backward_options={"phantom_steps": 5}),
     "unrolled K=5": unrolled(5),

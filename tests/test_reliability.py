@@ -16,7 +16,7 @@ import torch
 from deepinv_deq import DEQ, ImplicitBackward
 from deepinv_deq.solvers import (
     AndersonAcceleration,
-    BiCGStab,
+    GMRES,
     FixedPointIteration,
     SolverStatus,
     get_solver,
@@ -303,7 +303,7 @@ def test_deq_invalid_budget_or_tolerance(kwargs, name):
         make_deq(**kwargs)
 
 
-@pytest.mark.parametrize("cls", [FixedPointIteration, AndersonAcceleration, BiCGStab])
+@pytest.mark.parametrize("cls", [FixedPointIteration, AndersonAcceleration, GMRES])
 @pytest.mark.parametrize("kwargs, name", [({"max_iter": 0}, "max_iter"), ({"tol": -1.0}, "tol")])
 def test_solver_invalid_budget_or_tolerance(cls, kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -337,7 +337,7 @@ def test_unknown_option_is_named(build):
     assert ("max_iterations" in msg) or ("histroy_size" in msg)
 
 
-@pytest.mark.parametrize("cls", [FixedPointIteration, AndersonAcceleration, BiCGStab])
+@pytest.mark.parametrize("cls", [FixedPointIteration, AndersonAcceleration, GMRES])
 def test_solver_constructor_unknown_option_is_a_value_error(cls):
     with pytest.raises(ValueError, match="histroy_size"):
         cls(histroy_size=3)

@@ -5,7 +5,6 @@ import torch
 
 from deepinv_deq.solvers import (
     AndersonAcceleration,
-    BiCGStab,
     FixedPointIteration,
     SolverStatus,
     get_solver,
@@ -104,15 +103,6 @@ def test_anderson_least_squares_in_float32_under_autocast():
     # the map itself runs in bfloat16, so its fixed point is only bfloat16-accurate
     assert torch.allclose(res.fx, x_true, atol=5e-2)
     assert res.stats.all_converged
-
-
-def test_bicgstab_nonsymmetric():
-    g = torch.Generator().manual_seed(0)
-    M = torch.eye(8, dtype=torch.float64) + 0.3 * torch.randn(8, 8, generator=g, dtype=torch.float64)
-    b = torch.randn(2, 8, generator=g, dtype=torch.float64)
-    res = BiCGStab(max_iter=100, tol=1e-10).solve_linear(lambda u: u @ M.T, b)
-    assert torch.allclose(res.x, torch.linalg.solve(M, b.T).T, atol=1e-7)
-    assert res.stats.residual.max() < 1e-8 and res.stats.nfe > 0
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,12 @@ from .._validation import check_choice, reject_unknown
 from .anderson import AndersonAcceleration
 from .base import FixedPointSolver, SolverResult, SolverStats, SolverStatus
 from .fixed_point import FixedPointIteration
-from .krylov import GMRES, BiCGStab
+from .krylov import GMRES
 
 #: solver names accepted by :func:`get_solver`
 SOLVERS = {
     "fixed_point": FixedPointIteration,
     "anderson": AndersonAcceleration,
-    "bicgstab": BiCGStab,
     "gmres": GMRES,
 }
 
@@ -25,7 +24,7 @@ SOLVERS = {
 def get_solver(name, owner: str = "get_solver", allowed=tuple(SOLVERS), **options):
     r"""Build a solver from its name, or check and return a solver instance.
 
-    :param str, torch.nn.Module name: ``"fixed_point"``, ``"anderson"``, ``"bicgstab"``, ``"gmres"`` or a solver
+    :param str, torch.nn.Module name: ``"fixed_point"``, ``"anderson"``, ``"gmres"`` or a solver
         instance (then ``options`` must be empty).
     :param str owner: name used in error messages.
     :param tuple allowed: the names accepted in this context.
@@ -39,7 +38,7 @@ def get_solver(name, owner: str = "get_solver", allowed=tuple(SOLVERS), **option
     >>> get_solver("anderson", max_iter=30, history_size=3)
     AndersonAcceleration(max_iter=30, tol=0.0001, atol=0.0, divergence_ratio=10000.0, history_size=3, ridge=0.0001, mixing=1.0)
     """
-    if isinstance(name, (FixedPointSolver, BiCGStab, GMRES)):
+    if isinstance(name, (FixedPointSolver, GMRES)):
         if options:
             raise ValueError(
                 f"{owner}: options {sorted(options)} cannot be combined with a solver instance; "
@@ -54,7 +53,6 @@ def get_solver(name, owner: str = "get_solver", allowed=tuple(SOLVERS), **option
 
 __all__ = [
     "AndersonAcceleration",
-    "BiCGStab",
     "FixedPointIteration",
     "FixedPointSolver",
     "GMRES",
