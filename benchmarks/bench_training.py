@@ -12,6 +12,9 @@ models, is left out). Rows:
   autograd, for K = 10, 20, 40;
 - ``deepinv DEQ``: deepinv 0.5's ``PGD(..., DEQ=DEQConfig(), anderson_acceleration=...)``.
 
+Times are medians over round-robin repetitions (all models see the same machine load); ``time /
+t_map`` divides each step's time by the time of one map evaluation measured right before it.
+
 Memory: on CPU, the bytes of the distinct tensors autograd saves for the backward pass
 (:func:`common.saved_tensor_meter`, parameters excluded) -- the memory the graph pins from the
 forward to the backward, which is the peak of a step up to transient buffers. On CUDA, also
@@ -35,6 +38,7 @@ from common import (
     repeat,
     saved_tensor_meter,
     spread,
+    timed,
 )
 
 
@@ -86,45 +90,72 @@ def main():
     pb = build_problem(args)
     params = list(pb.denoiser.parameters())
     cuda = pb.device.type == "cuda"
-    rows = []
-    mem = {}
-    for name, model in build_models(pb, args.tol).items():
-        counts = []
+    models = build_models(pb, args.tol)
+    fmap_module = pb.pgd_map()
+    x0 = pb.x0()
 
+    def make_step(model):
         def step():
             for p in params:
                 p.grad = None
             before = pb.denoiser.calls
             out = model(pb.y, pb.physics)
             torch.nn.functional.mse_loss(out, pb.x).backward()
-            counts.append(pb.denoiser.calls - before)
+            return pb.denoiser.calls - before
 
-        # memory: one metered step (and, on CUDA, the allocator's peak)
+        return step
+
+    # memory: one metered step per model (and, on CUDA, the allocator's peak); it is also the
+    # warm-up of the timings
+    mem, cuda_mem, calls = {}, {}, {}
+    for name, model in models.items():
         if cuda:
             torch.cuda.synchronize(pb.device)
             torch.cuda.reset_peak_memory_stats(pb.device)
             base = torch.cuda.memory_allocated(pb.device)
         with saved_tensor_meter(exclude=params) as meter:
-            step()
-        graph_mb = meter["bytes"] / 2**20
-        mem[name] = graph_mb
-        cuda_mb = (torch.cuda.max_memory_allocated(pb.device) - base) / 2**20 if cuda else None
-        _, ts = repeat(step, pb.device, args.repeats, warmup=0)
+            calls[name] = make_step(model)()
+        mem[name] = meter["bytes"] / 2**20
+        if cuda:
+            cuda_mem[name] = (torch.cuda.max_memory_allocated(pb.device) - base) / 2**20
+    # time: round robin over the models (same machine load for all), each step normalised by
+    # the time of one map evaluation measured right before it
+    times = {name: [] for name in models}
+    norm = {name: [] for name in models}
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            with torch.no_grad():
+                _, t_maps = repeat(lambda: fmap_module(x0, pb.y, pb.physics), pb.device, repeats=3, warmup=0)
+            _, t = timed(make_step(model), pb.device)
+            times[name].append(t)
+            norm[name].append(t / median(t_maps))
+    rows = []
+    for name, model in models.items():
         fwd = getattr(model, "forward_stats", None)
         bwd = getattr(model, "backward_stats", None) if "implicit" in name else None
         row = [
             name,
             fwd.nfe if fwd is not None else "-",
             bwd.nfe if bwd is not None else "-",
-            counts[-1],
-            f"{median(ts) * 1e3:.0f}",
-            f"{spread(ts):.0%}",
-            f"{graph_mb:.2f}",
+            calls[name],
+            f"{median(times[name]) * 1e3:.0f}",
+            f"{spread(times[name]):.0%}",
+            f"{median(norm[name]):.1f}",
+            f"{mem[name]:.2f}",
         ]
         if cuda:
-            row.append(f"{cuda_mb:.1f}")
+            row.append(f"{cuda_mem[name]:.1f}")
         rows.append(row)
-    header = ["model", "fwd map evals", "bwd VJPs", "denoiser calls", "step time (ms)", "time spread", "graph memory (MiB)"]
+    header = [
+        "model",
+        "fwd map evals",
+        "bwd VJPs",
+        "denoiser calls",
+        "step time (ms)",
+        "time spread",
+        "time / t_map",
+        "graph memory (MiB)",
+    ]
     if cuda:
         header.append("CUDA peak (MiB)")
     print(describe(args))

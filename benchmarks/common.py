@@ -171,13 +171,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def clock(device: torch.device):
+    r"""The clock the benchmarks use: on CPU the CPU time of this process
+    (:func:`time.process_time`), which does not count the time spent waiting for a core on a
+    shared machine; on CUDA the wall clock (:func:`time.perf_counter`) around synchronisations."""
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
 def timed(fn, device: torch.device):
     r"""Run ``fn()`` once; return ``(result, seconds)`` with device synchronisation."""
+    now = clock(device)
     synchronize(device)
-    t0 = time.perf_counter()
+    t0 = now()
     out = fn()
     synchronize(device)
-    return out, time.perf_counter() - t0
+    return out, now() - t0
 
 
 def repeat(fn, device: torch.device, repeats: int, warmup: int = 1):
@@ -247,7 +255,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 def describe(args: argparse.Namespace) -> str:
     r"""One line describing the machine and problem, printed above each table."""
     return (
-        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} CPU thread(s); "
+        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} CPU thread(s), "
+        f"{'wall' if args.device.startswith('cuda') else 'CPU'} time; "
         f"CT {args.img_size}x{args.img_size}, {args.angles} views, batch {args.batch_size}, "
         f"rho={args.rho}, branch_lip={args.branch_lip}, median of {args.repeats} runs"
     )
