@@ -102,8 +102,10 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_ddp_ei_step_matches_single_process(tmp_path, dtype64):
-    # fork: the children inherit the imported modules (spawn would re-import torch and deepinv)
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method="fork")
+    # fork: the children inherit the imported modules (spawn would re-import torch and deepinv,
+    # ~10 s each); once CUDA is initialised in this process, forking is unsafe: spawn then
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method=method)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     reference = _reference_grads()
     # DDP all-reduced the gradients: every rank holds the same ones ...
