@@ -166,6 +166,22 @@ def test_fixed_point_iteration_flags_divergence(fmap):
     _check_best_iterate(res.stats, fmap, res.x)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the best iterate is chosen by relative residual, which decreases towards 1 while an "
+    "expanding map explodes, so a DIVERGED sample returns its largest iterate (reported)",
+)
+def test_diverging_map_returns_its_least_exploded_iterate():
+    # F(x) = 2x + 1 from x0 = 0.5: |F(x) - x| = |x + 1| grows with every step, so the iterate
+    # with the smallest residual is x0; the relative residual |x + 1| / |x| instead decreases
+    # towards 1 and picks the last (~2.5e4) iterate
+    x0 = torch.full((2, 3), 0.5)
+    res = FixedPointIteration(max_iter=200, tol=1e-6)(lambda x: 2.0 * x + 1.0, x0)
+    assert res.stats.status_names() == ["DIVERGED", "DIVERGED"]
+    assert torch.allclose(res.x, x0)
+    assert torch.allclose(res.stats.abs_residual, torch.full((2,), 1.5))
+
+
 def test_divergence_is_per_sample():
     # sample 0 contracts, sample 1 expands: only sample 1 is flagged
     scale = torch.tensor([[0.5], [2.0]])
