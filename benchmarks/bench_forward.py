@@ -218,7 +218,7 @@ def main():
                 "solver",
                 "map evals",
                 "worst rel. residual",
-                "wall time (ms)",
+                "time (ms)",
                 "time spread",
                 "time / t_map",
                 "overhead",
