@@ -8,7 +8,8 @@ dimension indexes the batch). Convergence is judged per sample on the relative r
     r_k = \frac{\|f(x_k) - x_k\|_2}{\|x_k\|_2 + \epsilon}
 
 and on the absolute residual normalised by the number of entries, :math:`\|f(x_k)-x_k\|_2/\sqrt{n}`.
-Each sample returns its best iterate (smallest relative residual) and a status.
+Each sample returns its best iterate (smallest absolute residual, among the iterates that meet the
+tolerance once one does) and a status.
 """
 
 from __future__ import annotations
@@ -189,7 +190,6 @@ class FixedPointSolver(torch.nn.Module):
         best_fx = x0
         best_rel = torch.full((B,), float("inf"), device=dev, dtype=torch.float32 if x0.dtype != torch.float64 else x0.dtype)
         best_abs = best_rel.clone()
-        min_abs = best_rel.clone()  # smallest absolute residual seen, for divergence detection
         converged = torch.zeros(B, dtype=torch.bool, device=dev)
         nonfinite = torch.zeros_like(converged)
         diverged = torch.zeros_like(converged)
@@ -213,17 +213,20 @@ class FixedPointSolver(torch.nn.Module):
                 trace.append(rel)
                 frozen = nonfinite | diverged
                 meets = finite & ~frozen & ((rel <= self.tol) | (absr <= self.atol))
-                improved = finite & ~frozen & ((rel < best_rel) | (meets & ~converged))
+                # the best iterate has the smallest absolute residual (for a contraction it bounds
+                # the distance to the fixed point); once a sample has converged, only iterates that
+                # still meet the tolerance may replace its best one
+                smaller = absr <= best_abs  # ties go to the later iterate
+                improved = finite & ~frozen & ((smaller & (meets | ~converged)) | (meets & ~converged))
                 best_rel = torch.where(improved, rel, best_rel)
                 best_abs = torch.where(improved, absr, best_abs)
                 m = _expand(improved, x)
                 best_x = torch.where(m, x, best_x)
                 best_fx = torch.where(m, fx, best_fx)
                 converged = converged | meets
-                min_abs = torch.where(finite & ~frozen, torch.minimum(min_abs, absr), min_abs)
                 # judged on the absolute residual: a linearly diverging map keeps a bounded
                 # relative residual while its iterates and residuals blow up
-                diverged = diverged | (finite & ~converged & (absr > self.divergence_ratio * min_abs))
+                diverged = diverged | (finite & ~converged & (absr > self.divergence_ratio * best_abs))
                 if callback is not None:
                     callback(k, x, fx)
                 done = converged | nonfinite | diverged
