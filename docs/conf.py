@@ -7,6 +7,7 @@ Builds offline: no intersphinx. References to deepinv and PyTorch objects in doc
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import warnings
@@ -36,6 +37,9 @@ extensions = [
     "sphinx.ext.doctest",
     "sphinx_gallery.gen_gallery",
 ]
+# MathJax served from the built site, not from a CDN, so formulas render offline too
+if importlib.util.find_spec("sphinx-mathjax-offline") is not None:
+    extensions.append("sphinx-mathjax-offline")
 try:  # part of the `docs` extra; optional for a bare build
     import sphinx_copybutton  # noqa: F401
 

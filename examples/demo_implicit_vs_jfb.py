@@ -57,7 +57,7 @@ np.random.seed(0)
 phantoms = dinv.utils.RandomPhantomDataset(length=4, size=32, use_dict_output=True)
 x = torch.stack([phantoms[i]["x"] for i in range(4)]).to(dtype)
 physics = dinv.physics.Blur(
-    filter=dinv.physics.blur.gaussian_blur(sigma=1.0).to(dtype),
+    filter=dinv.physics.functional.blur.gaussian_blur(sigma=(1.0, 1.0)).to(dtype),
     padding="circular",
     noise_model=dinv.physics.GaussianNoise(0.01),
 )
