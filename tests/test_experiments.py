@@ -92,7 +92,7 @@ def test_denoiser_starts_as_identity():
 
 
 def test_pseudo_inverse_net_uses_fbp():
-    cfg = tiny()
+    cfg = tiny(views=24)
     physics = build_physics("ct", cfg)
     x = torch.rand(1, 1, 16, 16)
     y = physics.A(x)

@@ -38,7 +38,7 @@ PRESETS = {
     "tiny": dict(img_size=16, n_train=4, n_test=2, epochs=1, batch_size=2, max_iter=5,
                  backward_max_iter=5, unrolled_iters=3, depth=3, width=8, views=6, denoiser_epochs=1),
     # ~10 minutes on 2 CPU cores: `deepinv-deq demo`
-    "demo": dict(img_size=32, n_train=32, n_test=16, epochs=5, batch_size=8, max_iter=12,
+    "demo": dict(img_size=32, n_train=64, n_test=16, epochs=8, batch_size=8, max_iter=12,
                  backward_max_iter=12, unrolled_iters=6, depth=5, width=16, views=12,
                  denoiser_epochs=20),
     # the recorded CPU reproduction (docs/results.rst)

@@ -2,7 +2,7 @@ r"""Training and evaluation of one run ``(task, method, regime)`` with :class:`d
 
 Layout of an output directory (one per experiment)::
 
-    OUT/<task>/<method>-<regime>/ckpt/<time>/ckp_<epoch>.pth.tar   Trainer checkpoints (resume from the last)
+    OUT/<task>/<method>-<regime>/ckpt/attempt_<n>/<time>/ckp_<epoch>.pth.tar   checkpoints (resume from the last)
     OUT/<task>/<method>-<regime>/model.pt                   trained weights
     OUT/<task>/<method>-<regime>/result.json                metrics on the held-out images (run done)
     OUT/<task>/<method>-<regime>/samples.pt                 reconstructions of the first test images
@@ -90,10 +90,12 @@ def _train(model, physics, losses, dataset, cfg, folder: Path, epochs: int, seed
     ckdir = folder / "ckpt"
     ckdir.mkdir(parents=True, exist_ok=True)
     latest = _latest_checkpoint(ckdir)
+    # dinv.Trainer refuses an existing save_path/<timestamp to the second>: one folder per attempt
+    attempt = ckdir / f"attempt_{len([p for p in ckdir.iterdir() if p.is_dir()])}"
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non_blocking_transfers.*")
-        trainer = _trainer(model, physics, losses, dataset, cfg, ckdir, latest, epochs, seed, progress)
+        trainer = _trainer(model, physics, losses, dataset, cfg, attempt, latest, epochs, seed, progress)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*backward solve did not converge.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -120,7 +122,7 @@ def _trainer(model, physics, losses, dataset, cfg, ckdir, latest, epochs, seed, 
         compute_train_metrics=False,
         grad_clip=1.0,
         check_grad=True,
-        verbose=False,
+        verbose=progress,  # deepinv shows its progress bars only when verbose
         show_progress_bar=progress,
     )
 
