@@ -60,9 +60,11 @@ class ImplicitBackward(torch.nn.Module):
     :param float tol: relative residual tolerance of the backward solver (default ``1e-5``).
     :param int phantom_steps: :math:`k` for ``mode="phantom"`` (default 5).
     :param float phantom_damping: :math:`\lambda` for ``mode="phantom"`` (default 0.5).
-    :param str on_failure: what to do when the backward solve does not converge: ``"warn"``
-        (default; the best iterate is used and a :class:`RuntimeWarning` names the status) or
-        ``"raise"`` (a :class:`RuntimeError` is raised during ``backward()``).
+    :param str on_failure: what to do for the samples whose backward solve does not converge:
+        ``"warn"`` (default; the best iterate is used and a :class:`RuntimeWarning` names the
+        status), ``"jfb"`` (those samples fall back to the JFB gradient :math:`u = v`, with a
+        :class:`RuntimeWarning`; a safe choice when :math:`I - J_f` may be singular, e.g. early in
+        training) or ``"raise"`` (a :class:`RuntimeError` is raised during ``backward()``).
     :param solver_options: further options of the backward solver (e.g. ``history_size``); an
         unknown one raises :class:`ValueError`.
 
@@ -96,7 +98,7 @@ class ImplicitBackward(torch.nn.Module):
         super().__init__()
         owner = "ImplicitBackward"
         self.mode = check_choice(owner, "mode", mode, MODES)
-        self.on_failure = check_choice(owner, "on_failure", on_failure, ("warn", "raise"))
+        self.on_failure = check_choice(owner, "on_failure", on_failure, ("warn", "jfb", "raise"))
         if self.mode != "implicit":
             given = [
                 n
@@ -210,25 +212,31 @@ class ImplicitBackward(torch.nn.Module):
             self.n_solves += 1
             for stats_hook in tuple(self._stats_hooks.values()):
                 stats_hook("backward", result.stats)
-            self._check(result.stats)
-            return result.fx.to(grad_dtype)
+            u = result.fx
+            if self._check(result.stats) and self.on_failure == "jfb":
+                failed = (result.stats.status != SolverStatus.CONVERGED).reshape((-1,) + (1,) * (v.ndim - 1))
+                u = torch.where(failed, v, u)
+            return u.to(grad_dtype)
 
         return hook
 
-    def _check(self, stats: SolverStats) -> None:
+    def _check(self, stats: SolverStats) -> bool:
+        # True when some sample failed (after warning or raising as configured)
         bad = stats.status != SolverStatus.CONVERGED
         if not bool(bad.any()):
-            return
+            return False
         names = sorted(set(n for n in stats.status_names() if n != "CONVERGED"))
         msg = (
             f"ImplicitBackward: the backward solve did not converge for {int(bad.sum())} of "
             f"{bad.numel()} samples (status {names}, max relative residual "
-            f"{float(stats.residual.max()):.2e} after {stats.nfe} iterations); the gradient is "
-            "approximate. Increase max_iter, loosen tol, or make the map more contractive."
+            f"{float(stats.residual.max()):.2e} after {stats.nfe} iterations); the gradient "
+            + ("falls back to JFB for them." if self.on_failure == "jfb" else "is approximate.")
+            + " Increase max_iter, loosen tol, or make the map more contractive."
         )
         if self.on_failure == "raise":
             raise RuntimeError(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        return True
 
     def extra_repr(self) -> str:
         if self.mode == "implicit":

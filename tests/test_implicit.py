@@ -216,3 +216,16 @@ def test_backward_non_convergence_is_flagged():
 def test_invalid_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ImplicitBackward(**kwargs)
+
+
+def test_failed_backward_falls_back_to_jfb_per_sample():
+    # sample 0: contraction 0.5 (backward converges); sample 1: slope 1, I - J singular
+    theta = torch.tensor([[0.5], [1.0]], requires_grad=True)
+    f = lambda x: theta * x + 1.0
+    ib = ImplicitBackward(solver="fixed_point", max_iter=30, tol=1e-8, on_failure="jfb")
+    z = ib(f, torch.tensor([[2.0], [5.0]]))
+    with pytest.warns(RuntimeWarning, match="falls back to JFB"):
+        z.sum().backward()
+    assert ib.last_stats.status_names() == ["CONVERGED", "MAX_ITER"]
+    # implicit for sample 0: dx*/dtheta = x* / (1 - theta) = 4; JFB for sample 1: dz/dtheta = x = 5
+    assert torch.allclose(theta.grad, torch.tensor([[4.0], [5.0]]), atol=1e-5)
