@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 
 from collections import OrderedDict
 from typing import Callable
@@ -16,7 +17,7 @@ from deepinv.models import Reconstructor
 from ._validation import check_choice, reject_unknown
 from .implicit import ImplicitBackward
 from .maps import build_map
-from .solvers import SolverStats, get_solver
+from .solvers import SolverStats, SolverStatus, get_solver
 
 FORWARD_SOLVERS = ("fixed_point", "anderson")
 
@@ -60,8 +61,9 @@ class DEQ(Reconstructor):
     :param float stepsize: step size :math:`\eta` (default 1.0).
     :param float sigma_denoiser: denoiser noise level :math:`\sigma` (default 0.05).
     :param deepinv.optim.DataFidelity data_fidelity: default :class:`deepinv.optim.L2`.
-    :param int max_iter: maximum forward map evaluations (default 50).
-    :param float tol: forward relative residual tolerance (default ``1e-4``).
+    :param int max_iter: maximum forward map evaluations (default 50; with a solver instance, set
+        it on the instance).
+    :param float tol: forward relative residual tolerance (default ``1e-4``; likewise).
     :param str, torch.nn.Module solver: ``"anderson"`` (default), ``"fixed_point"`` or a solver
         instance from :mod:`deepinv_deq.solvers`.
     :param str, ImplicitBackward backward: ``"implicit"`` (default), ``"jfb"``, ``"phantom"`` or an
@@ -109,8 +111,8 @@ class DEQ(Reconstructor):
         stepsize: float | None = None,
         sigma_denoiser: float | None = None,
         data_fidelity=None,
-        max_iter: int = 50,
-        tol: float = 1e-4,
+        max_iter: int | None = None,
+        tol: float | None = None,
         solver="anderson",
         backward="implicit",
         backward_max_iter: int | None = None,
@@ -136,12 +138,20 @@ class DEQ(Reconstructor):
         )
         solver_options = dict(solver_options or {})
         if isinstance(solver, torch.nn.Module):
-            if solver_options:
-                raise ValueError("DEQ: 'solver_options' cannot be combined with a solver instance.")
+            if solver_options or max_iter is not None or tol is not None:
+                raise ValueError(
+                    "DEQ: max_iter, tol and solver_options cannot be combined with a solver "
+                    "instance; set them on the instance."
+                )
             self.solver = get_solver(solver, owner="DEQ")
         else:
             self.solver = get_solver(
-                solver, owner="DEQ", allowed=FORWARD_SOLVERS, max_iter=max_iter, tol=tol, **solver_options
+                solver,
+                owner="DEQ",
+                allowed=FORWARD_SOLVERS,
+                max_iter=50 if max_iter is None else max_iter,
+                tol=1e-4 if tol is None else tol,
+                **solver_options,
             )
         backward_options = dict(backward_options or {})
         if isinstance(backward, ImplicitBackward):
@@ -297,6 +307,15 @@ class DEQ(Reconstructor):
         self.forward_stats = result.stats
         for hook in tuple(self._stats_hooks.values()):
             hook("forward", result.stats)
+        failed = result.stats.status >= int(SolverStatus.DIVERGED)
+        if bool(failed.any()):  # one host synchronisation per forward, not per iteration
+            warnings.warn(
+                f"DEQ: the forward solve diverged or produced NaN/Inf for {int(failed.sum())} of "
+                f"{failed.numel()} samples (status {result.stats.status_names()}); their best finite "
+                "iterate is returned. Lower the stepsize or make the denoiser more contractive.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if torch.is_grad_enabled():
             x = self.backward(fmap, result.x)
         else:

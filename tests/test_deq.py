@@ -205,3 +205,18 @@ def test_stats_hook_sees_every_solve_of_an_ei_step():
     handle.remove()
     model(y, physics)
     assert len(seen) == 4
+
+
+def test_solver_instance_rejects_separate_budget():
+    with pytest.raises(ValueError, match="solver instance"):
+        DEQ(denoiser=ContractiveDenoiser(), solver=FixedPointIteration(max_iter=5), max_iter=10)
+    model = DEQ(denoiser=ContractiveDenoiser(), solver=FixedPointIteration(max_iter=5, tol=1e-3))
+    assert model.solver.max_iter == 5 and model.solver.tol == 1e-3
+
+
+def test_diverging_forward_solve_warns():
+    physics, x, y = inpainting("cpu")
+    model = DEQ(iteration=lambda x, y, p: 1.5 * x + 1.0, solver="fixed_point", max_iter=200)
+    with pytest.warns(RuntimeWarning, match="diverged or produced NaN"):
+        with torch.no_grad():
+            model(y, physics)

@@ -49,7 +49,8 @@ class GMRES(torch.nn.Module):
     as in float64.
     One product with :math:`M` per iteration.
 
-    :param int max_iter: maximum number of products with :math:`M`.
+    :param int max_iter: maximum number of products with :math:`M` (the true residual checks
+        included). The solver synchronises with the host once per product (its convergence test).
     :param float tol: relative residual tolerance :math:`\|b - Mu\| \le \text{tol}\,\|b\|`.
     :param int restart: Krylov dimension before a restart.
 
@@ -100,7 +101,8 @@ class GMRES(torch.nn.Module):
         r = bf - mv(x) if x0 is not None else bf.clone()
         nmv += x0 is not None
         res = torch.linalg.vector_norm(r, dim=1)
-        while nmv < self.max_iter and not bool((res <= target).all()):
+        # max_iter bounds every product with M, the initial and final true residuals included
+        while nmv + 1 < self.max_iter and not bool((res <= target).all()):
             beta = res
             V = [r / torch.where(beta > tiny, beta, torch.ones_like(beta))[:, None]]
             H = torch.zeros(B, self.restart + 1, self.restart, dtype=cdtype, device=b.device)
@@ -121,7 +123,7 @@ class GMRES(torch.nn.Module):
                 z = torch.linalg.lstsq(Hj, e1[:, : j + 2]).solution  # (B, j+1, 1)
                 res = torch.linalg.vector_norm(e1[:, : j + 2] - Hj @ z, dim=(1, 2))
                 trace.append(res / torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm)))
-                if nmv >= self.max_iter or bool((res <= target).all()):
+                if nmv + 1 >= self.max_iter or bool((res <= target).all()):
                     break
             x = x + (torch.stack(V[: z.shape[1]], dim=2) @ z).squeeze(2)
             r = bf - mv(x)
