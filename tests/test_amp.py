@@ -63,8 +63,6 @@ def _grads(denoiser, physics, x, y, amp, device, fwd_tol, bwd_tol):
     model = DEQ(
         denoiser=denoiser,
         stepsize=1.0,
-        max_iter=60,
-        tol=fwd_tol,
         solver=RecordingAnderson(max_iter=60, tol=fwd_tol),
         backward=ImplicitBackward(solver=RecordingAnderson(max_iter=60, tol=bwd_tol)),
     )
