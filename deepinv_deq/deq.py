@@ -321,28 +321,26 @@ class DEQ(Reconstructor):
         else:
             x = result.fx
         if compute_metrics:
-            return x, metrics
+            return x, self._metrics(result.stats, metrics)
         return x
 
     @staticmethod
     def _metrics_recorder(x_gt: Tensor | None):
+        # PSNR of every iterate is kept on the device and read once after the solve; the residuals
+        # come from the solver's own trace (see _metrics)
         from deepinv.loss.metric import PSNR
 
         psnr = PSNR()
-        metrics = {"residual": None, "psnr": None}
+        values: list = []
 
         def callback(k, x, fx):
-            B = x.shape[0]
-            if metrics["residual"] is None:
-                metrics["residual"] = [[] for _ in range(B)]
-                metrics["psnr"] = [[] for _ in range(B)]
-            res = (torch.linalg.vector_norm((fx - x).reshape(B, -1), dim=1) / (
-                torch.linalg.vector_norm(x.reshape(B, -1), dim=1) + 1e-12
-            )).tolist()
-            values = psnr(fx, x_gt).tolist() if x_gt is not None else None
-            for i in range(B):
-                metrics["residual"][i].append(res[i])
-                if values is not None:
-                    metrics["psnr"][i].append(values[i])
+            if x_gt is not None:
+                values.append(psnr(fx, x_gt).detach())
 
-        return metrics, callback
+        return values, callback
+
+    @staticmethod
+    def _metrics(stats: SolverStats, psnr_values: list) -> dict:
+        residual = stats.trace.T.tolist()  # (B, nfe)
+        psnr = torch.stack(psnr_values).T.tolist() if psnr_values else [[] for _ in residual]
+        return {"residual": residual, "psnr": psnr}
