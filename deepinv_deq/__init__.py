@@ -11,8 +11,9 @@ from .deq import DEQ
 from . import solvers, maps
 from .loss import DEQEILoss, DEQMOEILoss, DEQSureGaussianLoss, JacobianNormLoss
 from .monitor import DEQMonitor
+from .denoisers import ContractiveDenoiser
 from .stabilisers import spectral_radius, spectral_normalize
-from . import diagnostics, stabilisers
+from . import denoisers, diagnostics, stabilisers
 
 __version__ = "0.1.0"
 
@@ -24,10 +25,12 @@ __all__ = [
     "DEQSureGaussianLoss",
     "JacobianNormLoss",
     "DEQMonitor",
+    "ContractiveDenoiser",
     "spectral_radius",
     "spectral_normalize",
     "solvers",
     "maps",
+    "denoisers",
     "diagnostics",
     "stabilisers",
     "__version__",

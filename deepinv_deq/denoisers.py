@@ -1,0 +1,147 @@
+r"""Denoisers that make a DEQ's fixed-point map a contraction at initialisation.
+
+A DEQ is only well defined when its map :math:`F` has a unique fixed point and :math:`I - J_F` is
+invertible. For the PGD map :math:`F(x) = D(x - \eta A^\top(Ax - y))` with
+:math:`\eta \le 1/\|A\|^2`, :math:`J_F = J_D\,(I - \eta A^\top A)`: on the null space of :math:`A`
+the data step is the identity, so :math:`\rho(J_F)` equals the denoiser's own gain there. A
+residual network initialised as the identity (e.g. a DnCNN with its last layer zeroed) therefore
+gives :math:`\rho(J_F) = 1`: the fixed point is not unique, the forward solve crawls and the
+implicit backward system is singular. :class:`ContractiveDenoiser` starts from
+:math:`D = (1-\epsilon) I` instead, so :math:`\rho(J_F) \le 1 - \epsilon` at initialisation; watch
+it during training with :func:`deepinv_deq.spectral_radius` or :class:`deepinv_deq.DEQMonitor`.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor
+
+from ._validation import check_float, check_int
+
+__all__ = ["ContractiveDenoiser", "residual_cnn"]
+
+_LAST_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
+
+
+def residual_cnn(in_channels: int = 1, depth: int = 5, width: int = 16, bias: bool = True) -> torch.nn.Module:
+    r"""A plain convolutional network :math:`R` (no skip connection), the residual branch of a
+    :class:`ContractiveDenoiser`: ``depth`` 3x3 convolutions with ``width`` features and ReLU in
+    between (the DnCNN layout without its internal skip connection and batch normalisation).
+
+    :param int in_channels: image channels (1 for CT, 2 for deepinv's MRI). Default: ``1``.
+    :param int depth: number of convolutions (at least 2). Default: ``5``.
+    :param int width: feature channels. Default: ``16``.
+    :param bool bias: whether the convolutions have biases. Default: ``True``.
+    :return: (:class:`torch.nn.Sequential`) the network.
+
+    |sep|
+
+    :Examples:
+
+    >>> import torch
+    >>> from deepinv_deq.denoisers import residual_cnn
+    >>> residual_cnn(in_channels=2, depth=3, width=8)(torch.rand(1, 2, 8, 8)).shape
+    torch.Size([1, 2, 8, 8])
+    """
+    in_channels = check_int("residual_cnn", "in_channels", in_channels, 1)
+    depth = check_int("residual_cnn", "depth", depth, 2)
+    width = check_int("residual_cnn", "width", width, 1)
+    layers: list[torch.nn.Module] = [torch.nn.Conv2d(in_channels, width, 3, padding=1, bias=bias)]
+    for _ in range(depth - 2):
+        layers += [torch.nn.ReLU(), torch.nn.Conv2d(width, width, 3, padding=1, bias=bias)]
+    layers += [torch.nn.ReLU(), torch.nn.Conv2d(width, in_channels, 3, padding=1, bias=bias)]
+    return torch.nn.Sequential(*layers)
+
+
+class ContractiveDenoiser(torch.nn.Module):
+    r"""A denoiser that is a contraction at initialisation: :math:`D(x, \sigma) = (1-\epsilon)\,x + R(x, \sigma)`.
+
+    :math:`R` is any network (by default :func:`residual_cnn`) whose last layer is set to zero, so
+    that :math:`D = (1-\epsilon) I` at initialisation and the PGD, HQS and RED maps built on it have
+    a unique fixed point and an invertible :math:`I - J_F` (for PGD with :math:`\eta \le 1/\|A\|^2`,
+    :math:`\rho(J_F) \le 1-\epsilon`). Training may move :math:`\rho(J_F)` towards 1: monitor it
+    (:class:`deepinv_deq.DEQMonitor`) and regularise it if needed
+    (:class:`deepinv_deq.JacobianNormLoss`, :func:`deepinv_deq.spectral_normalize` on ``R``).
+
+    Do not wrap a residual network such as :class:`deepinv.models.DnCNN` (which returns
+    :math:`x + \text{net}(x)`): :math:`D` would then start at :math:`(2-\epsilon) I`.
+
+    :param torch.nn.Module residual: the network :math:`R`, called ``residual(x, sigma)`` if its
+        ``forward`` accepts a second argument, else ``residual(x)``. Default: ``None``, meaning
+        ``residual_cnn(in_channels, depth, width)``.
+    :param float epsilon: contraction margin :math:`\epsilon \in (0, 1]`. Default: ``0.1``.
+    :param bool zero_init: set the last convolution or linear layer of ``residual`` to zero.
+        Default: ``True``.
+    :param int in_channels: image channels of the default network. Default: ``1``.
+    :param int depth: convolutions of the default network. Default: ``5``.
+    :param int width: features of the default network. Default: ``16``.
+
+    |sep|
+
+    :Examples:
+
+    At initialisation the denoiser is :math:`0.9\,I`:
+
+    >>> import torch
+    >>> from deepinv_deq import ContractiveDenoiser
+    >>> D = ContractiveDenoiser(epsilon=0.1, depth=3, width=8)
+    >>> x = torch.rand(2, 1, 8, 8)
+    >>> torch.allclose(D(x, 0.05), 0.9 * x)
+    True
+    """
+
+    def __init__(
+        self,
+        residual: torch.nn.Module | None = None,
+        epsilon: float = 0.1,
+        zero_init: bool = True,
+        in_channels: int = 1,
+        depth: int = 5,
+        width: int = 16,
+    ):
+        super().__init__()
+        self.epsilon = check_float("ContractiveDenoiser", "epsilon", epsilon, 0.0, 1.0, strict_min=True)
+        if residual is None:
+            residual = residual_cnn(in_channels=in_channels, depth=depth, width=width)
+        elif not isinstance(residual, torch.nn.Module):
+            raise ValueError(
+                f"ContractiveDenoiser: 'residual' must be a torch.nn.Module, got {type(residual).__name__}."
+            )
+        self.residual = residual
+        self._takes_sigma = _accepts_second_argument(residual)
+        if zero_init:
+            last = [m for m in residual.modules() if isinstance(m, _LAST_LAYERS)]
+            if not last:
+                raise ValueError(
+                    "ContractiveDenoiser: zero_init=True needs a convolution or linear layer in 'residual'; "
+                    "pass zero_init=False for a network without one."
+                )
+            with torch.no_grad():
+                weight = getattr(last[-1], "weight_orig", last[-1].weight)  # spectral_norm keeps weight_orig
+                weight.zero_()
+                if last[-1].bias is not None:
+                    last[-1].bias.zero_()
+
+    def forward(self, x: Tensor, sigma=None) -> Tensor:
+        r"""Denoise :math:`x`.
+
+        :param torch.Tensor x: noisy image.
+        :param float, torch.Tensor sigma: noise level, passed to :math:`R` when it accepts it.
+        :return: (:class:`torch.Tensor`) :math:`(1-\epsilon) x + R(x, \sigma)`.
+        """
+        r = self.residual(x, sigma) if self._takes_sigma else self.residual(x)
+        return (1.0 - self.epsilon) * x + r
+
+    def extra_repr(self) -> str:
+        return f"epsilon={self.epsilon}"
+
+
+def _accepts_second_argument(module: torch.nn.Module) -> bool:
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
