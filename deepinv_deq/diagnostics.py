@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._validation import check_float, check_int
-from .stabilisers import vjp_and_jvp
+from ._autodiff import vjp_and_jvp
 
 __all__ = [
     "equivariance_error",

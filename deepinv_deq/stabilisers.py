@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._autodiff import batch_norm, expand_as_batch, vjp_and_jvp
 from ._validation import check_choice, check_float, check_int
 
 __all__ = ["spectral_radius", "spectral_normalize", "vjp_and_jvp"]
@@ -26,42 +27,6 @@ _LAYERS = (
     torch.nn.ConvTranspose2d,
     torch.nn.ConvTranspose3d,
 )
-
-
-def _batch_norm(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
-
-
-def _bcast(s: Tensor, like: Tensor) -> Tensor:
-    return s.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
-def vjp_and_jvp(fx: Tensor, x: Tensor):
-    r"""Vector-Jacobian and Jacobian-vector products of a differentiable evaluation ``fx = f(x)``.
-
-    Returns two functions, ``vjp(u)`` :math:`= J_f(x)^\top u` and ``jvp(v)`` :math:`= J_f(x) v`; the
-    JVP is computed by differentiating the (linear in :math:`u`) VJP, so only reverse-mode autograd
-    is needed.
-
-    :param torch.Tensor fx: :math:`f(x)`, computed with autograd from ``x``.
-    :param torch.Tensor x: the input, with ``requires_grad=True``.
-    """
-    dummy = torch.zeros_like(fx, requires_grad=True)
-    (vjp_dummy,) = torch.autograd.grad(fx, x, dummy, create_graph=True, allow_unused=True)
-    if vjp_dummy is None:
-        vjp_dummy = torch.zeros_like(x)
-
-    def vjp(u: Tensor) -> Tensor:
-        (g,) = torch.autograd.grad(fx, x, u, retain_graph=True, allow_unused=True)
-        return torch.zeros_like(x) if g is None else g
-
-    def jvp(v: Tensor) -> Tensor:
-        if not vjp_dummy.requires_grad:
-            return torch.zeros_like(fx)
-        (g,) = torch.autograd.grad(vjp_dummy, dummy, v, retain_graph=True, allow_unused=True)
-        return torch.zeros_like(fx) if g is None else g
-
-    return vjp, jvp
 
 
 def _map_and_point(model_or_map, y, physics, x_star):
@@ -133,18 +98,18 @@ def spectral_radius(
         fx = fmap(x, y, physics)
         vjp, jvp = vjp_and_jvp(fx, x)
         v = torch.randn(fx.shape, generator=generator, device=fx.device, dtype=fx.dtype)
-        v = v / _bcast(_batch_norm(v), v)
+        v = v / expand_as_batch(batch_norm(v), v)
         est = torch.zeros(fx.shape[0], device=fx.device, dtype=fx.dtype)
         for _ in range(n_iter):
             w = vjp(v) if mode == "radius" else vjp(jvp(v))
             w = w.detach()
-            norm = _batch_norm(w)
+            norm = batch_norm(w)
             new = norm if mode == "radius" else norm.sqrt()
             done = bool(((new - est).abs() <= tol * new.abs()).all())
             est = new
             if done:
                 break
-            v = w / _bcast(norm.clamp_min(torch.finfo(norm.dtype).tiny), w)
+            v = w / expand_as_batch(norm.clamp_min(torch.finfo(norm.dtype).tiny), w)
     return est.detach()
 
 
