@@ -36,7 +36,13 @@ extensions = [
     "sphinx.ext.extlinks",
     "sphinx.ext.doctest",
     "sphinx_gallery.gen_gallery",
+    "sphinxcontrib.bibtex",
 ]
+# citations: :footcite:`key` in docstrings and pages, keys in docs/refs.bib
+bibtex_bibfiles = ["refs.bib"]
+bibtex_default_style = "unsrt"
+bibtex_reference_style = "author_year"
+bibtex_foot_reference_style = "foot"
 # MathJax served from the built site, not from a CDN, so formulas render offline too
 if importlib.util.find_spec("sphinx-mathjax-offline") is not None:
     extensions.append("sphinx-mathjax-offline")
@@ -133,7 +139,7 @@ sphinx_gallery_conf = {
     "ignore_pattern": r"__init__\.py",
     "abort_on_example_error": True,
     # DEEPINV_DEQ_DOCS_PLOT_GALLERY=0 builds the pages without running the examples (quick drafts)
-    "plot_gallery": os.environ.get("DEEPINV_DEQ_DOCS_PLOT_GALLERY", "1").lower() not in ("0", "false", "no"),
+    "plot_gallery": str(os.environ.get("DEEPINV_DEQ_DOCS_PLOT_GALLERY", "1").lower() not in ("0", "false", "no")),
     "within_subsection_order": "FileNameSortKey",
     "backreferences_dir": "gen_modules/backreferences",
     "doc_module": ("deepinv_deq",),
