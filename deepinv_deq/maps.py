@@ -90,6 +90,31 @@ class FixedPointMap(torch.nn.Module):
     def _denoise(self, x: Tensor) -> Tensor:
         return self.denoiser(x, self.sigma_denoiser.to(x.dtype))
 
+    def _fidelity_grad(self, x: Tensor, y: Tensor, physics) -> Tensor:
+        r"""Gradient :math:`\nabla f(x)` of the data fidelity, with one :math:`A` and one :math:`A^\top`.
+
+        For deepinv's :class:`deepinv.optim.L2` on a linear physics it is computed as
+        :math:`\tfrac{1}{\sigma^2} A^\top(Ax - y)`, one forward and one adjoint operator per call
+        (``L2.grad`` computes :math:`A^\top A x - A^\top y`, which recomputes :math:`A^\top y` at
+        every iteration). The value is the same and autograd differentiates it exactly with respect
+        to :math:`x`, :math:`y` and the physics' parameters. Other fidelities, subclasses of ``L2``
+        that redefine ``grad`` and non-linear physics use ``data_fidelity.grad``.
+        """
+        if _is_linear_l2(self.data_fidelity, physics):
+            return self.data_fidelity.norm * physics.A_adjoint(physics.A(x) - y)
+        return self.data_fidelity.grad(x, y, physics)
+
+
+def _is_linear_l2(data_fidelity, physics) -> bool:
+    from deepinv.optim import L2
+    from deepinv.physics import LinearPhysics
+
+    return (
+        isinstance(data_fidelity, L2)
+        and type(data_fidelity).grad is L2.grad
+        and isinstance(physics, LinearPhysics)
+    )
+
 
 class PGDMap(FixedPointMap):
     r"""Proximal gradient step with a denoiser as proximal operator.
@@ -119,7 +144,7 @@ class PGDMap(FixedPointMap):
     """
 
     def forward(self, x, y, physics):
-        grad = self.data_fidelity.grad(x, y, physics)
+        grad = self._fidelity_grad(x, y, physics)
         return self._denoise(x - self.stepsize.to(x.dtype) * grad)
 
 
@@ -188,7 +213,7 @@ class REDMap(FixedPointMap):
     uses = ("stepsize", "sigma_denoiser", "lambda_reg")
 
     def forward(self, x, y, physics):
-        grad = self.data_fidelity.grad(x, y, physics)
+        grad = self._fidelity_grad(x, y, physics)
         prior = self.lambda_reg.to(x.dtype) * (x - self._denoise(x))
         return x - self.stepsize.to(x.dtype) * (grad + prior)
 
