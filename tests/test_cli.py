@@ -59,35 +59,158 @@ def test_train_table_eval(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "--task", "ct", "--method", "deqq", "--regime", "ei"], "method"),
-        (["train", "--task", "pet", "--method", "deq", "--regime", "ei"], "task"),
-        (["train", "--task", "ct", "--method", "deq", "--regime", "self"], "regime"),
-        (["train", "--task", "ct", "--method", "pinv", "--regime", "sup"], "no regime"),
-        (["table", "--methods", "deq,foo"], "methods"),
-        (["demo", "--size", "huge"], "invalid choice"),
-        (["demo", "--img-size", "4"], "img_size"),
-        (["demo", "--threads", "0"], "threads"),
+        (["train", "--task", "ct", "--method", "deqq", "--regime", "ei"], "argument --method: invalid choice"),
+        (["train", "--task", "pet", "--method", "deq", "--regime", "ei"], "argument --task: invalid choice"),
+        (["train", "--task", "ct", "--method", "deq", "--regime", "self"], "argument --regime: invalid choice"),
+        (["train", "--task", "ct", "--method", "deq"], "--regime is required"),
+        (["train", "--task", "ct", "--method", "pinv", "--regime", "sup"], "--regime: method 'pinv'"),
+        (["table", "--methods", "deq,foo"], "--methods must be one of"),
+        (["demo", "--size", "huge"], "argument --size: invalid choice"),
+        (["demo", "--img-size", "4"], "--img-size must be >= 8, got 4"),
+        (["demo", "--threads", "0"], "argument --threads: must be >= 1"),
+        (["demo", "-q", "-v"], "not allowed with argument"),
         (["bogus"], "invalid choice"),
     ],
 )
 def test_bad_arguments_fail_clearly(args, message, capsys, tmp_path):
+    out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
-        cli.main([*args, "--out", str(tmp_path)] if args[0] != "bogus" else args)
+        cli.main([*args, "--out", str(out)] if args[0] != "bogus" else args)
     assert e.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "ct").exists()  # nothing ran
+    err = capsys.readouterr().err
+    assert message in err
+    # one error line after the command's one-line usage (the subcommand's, not the top level's)
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("deepinv-deq") and "error: " in lines[1], err
+    if args[0] != "bogus":
+        assert lines[0].startswith(f"usage: deepinv-deq {args[0]} ")
+    assert "ExperimentConfig" not in err and "img_size" not in err  # the option as typed
+    assert not out.exists()  # nothing was created
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA present")
 def test_cuda_unavailable_is_an_error(capsys, tmp_path):
-    with pytest.raises(SystemExit):
-        cli.main(["demo", "--device", "cuda", "--out", str(tmp_path)])
-    assert "CUDA is not available" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["demo", "--device", "cuda", "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
-def test_eval_without_runs(tmp_path):
-    with pytest.raises(SystemExit, match="no run found"):
+def test_eval_without_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
         cli.main(["eval", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "no trained run found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--epochs", "5"], ["--lr=5"], ["--seed", "7"], ["--size", "tiny"]])
+def test_eval_refuses_training_options(option, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval", "--out", str(tmp_path), *option])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert f"{option[0].split('=')[0]} is not an eval option" in err and "usage: deepinv-deq eval" in err
+
+
+def test_out_must_be_a_writable_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for out, message in ((blocker, "exists and is not a folder"), (blocker / "sub", "cannot create")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["demo", "--size", "tiny", "--out", str(out)])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, capsys, monkeypatch):
+    seen = {}
+
+    def interrupted(cfg, out, runs, progress, log, args):
+        seen.update(progress=progress, log=log)
+        log("this message is hidden by -q")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_grid", interrupted)
+    status = cli.main(["demo", *TINY, "-q", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert status == 130 and seen["progress"] is False
+    assert captured.out == ""  # -q: no progress messages
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0] and "resume" in lines[0], captured.err
+    meta = json.loads((tmp_path / "experiment.json").read_text())  # the run can be resumed
+    assert {"deepinv-deq", "deepinv", "torch", "device"} <= set(meta["versions"])
+
+
+def test_preset_table_lists_every_preset():
+    from deepinv_deq.experiments.configs import PRESETS
+
+    text, rst = cli.preset_table(), cli.preset_table("rst")
+    for name, preset in PRESETS.items():
+        assert any(line.split()[:2] == [name, str(preset["img_size"])] for line in text.splitlines())
+        assert f"   * - {name}\n" in rst
+    with pytest.raises(ValueError, match="fmt"):
+        cli.preset_table("html")
+
+
+def test_every_option_has_help(capsys):
+    for command in ("demo", "train", "eval", "table"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "size presets" in text or command == "eval"
+    parser, parsers = cli._parser()
+    for name, sub in parsers.items():
+        for action in sub._actions:
+            assert action.help, (name, action.option_strings)
+
+
+# The launcher (the console script's entry point) must answer --help, --version and usage errors
+# without importing torch or deepinv.
+_LAUNCH = """
+import json, sys
+sys.path.append({launcher!r})  # a checkout without an install: the launcher's source
+import _deepinv_deq_cli
+try:
+    status = _deepinv_deq_cli.main({argv!r})
+except SystemExit as e:
+    status = e.code
+heavy = sorted(m for m in ("torch", "deepinv", "numpy") if m in sys.modules)
+print(json.dumps({{"status": status, "heavy": heavy}}), file=sys.stderr)
+"""
+
+
+def _launch(run_python, argv):
+    root = __import__("pathlib").Path(__file__).parents[1]
+    proc = run_python(_LAUNCH.format(launcher=str(root / "launcher"), argv=argv), check=False)
+    *err, result = proc.stderr.strip().splitlines()
+    return json.loads(result), proc.stdout, "\n".join(err)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["--version"],
+                                  ["train", "--task", "ct", "--method", "deq"],
+                                  ["demo", "--img-size", "4"], ["eval", "--epochs", "5"]])
+def test_launcher_parses_without_torch(run_python, argv):
+    result, out, err = _launch(run_python, argv)
+    assert result["heavy"] == [], result
+    assert result["status"] == (0 if argv[-1] in ("--help", "--version") else 2)
+    if argv == ["--version"]:
+        assert out.startswith(f"deepinv-deq {__import__('deepinv_deq').__version__} (deepinv ")
+
+
+def test_missing_data_folder_is_one_line_error_and_creates_nothing(run_python, tmp_path):
+    out = tmp_path / "results"
+    result, stdout, err = _launch(run_python, ["demo", "--data", "/nonexistent/folder", "--out", str(out)])
+    assert result == {"status": 2, "heavy": []}
+    assert err.splitlines()[-1] == ("deepinv-deq demo: error: --data: no such folder: "
+                                    "'/nonexistent/folder' (use 'phantoms' or a folder of real data)")
+    assert len(err.splitlines()) == 2 and stdout == ""
+    assert not out.exists()
+
+
+def test_console_script_is_installed_and_fast():
+    # the installed `deepinv-deq` script goes through the launcher
+    script = __import__("pathlib").Path(sys.executable).parent / "deepinv-deq"
+    if not script.exists():
+        pytest.skip("no console script next to this interpreter (package not installed)")
+    assert "_deepinv_deq_cli" in script.read_text()
 
 
 def test_python_m_entry_point(run_python):

@@ -1,29 +1,37 @@
 r"""Command line: ``deepinv-deq {demo,train,eval,table}`` (also ``python -m deepinv_deq``).
 
-- ``demo``: the README's main job: trains the EI-DEQ and its key baselines on sparse-view CT with
-  the offline phantoms (about 10 minutes on 2 CPU cores), prints the table and writes
-  ``figure_ct.png`` (reconstructions with their PSNR in the corner).
+- ``demo``: the README's main job: the key runs of the paper on sparse-view CT with the offline
+  phantoms; prints the table and writes the figures.
 - ``train``: one method on one task in one regime.
-- ``eval``: evaluates the trained runs found in ``--out`` again.
+- ``eval``: evaluates the trained runs found in ``--out`` again (no training option).
 - ``table``: every method x regime on the chosen tasks: the comparison table of the paper.
 
 Every command writes into ``--out`` (default ``./deepinv_deq_results``) and resumes: finished runs
-are skipped, interrupted ones continue from their last checkpoint.
+are skipped, interrupted ones continue from their last checkpoint (Ctrl-C stops cleanly).
+
+This module imports neither torch nor deepinv at import time: ``--help``, ``--version`` and usage
+errors are answered before the package's heavy part is loaded (see ``launcher/_deepinv_deq_cli.py``).
+Usage errors name the option as typed, show the subcommand's usage and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
-from .configs import FIXED, METHODS, PRESETS, REGIMES, TASKS, ExperimentConfig, check_run, parse_list
+from . import configs
+from .configs import FIXED, METHODS, PRESETS, REGIMES, TASKS, ExperimentConfig
 
 DEFAULT_OUT = "deepinv_deq_results"
-#: (method, regime) pairs of ``deepinv-deq demo``: the EI-DEQ and its key baselines.
-DEMO_RUNS = (
+#: (method, regime) pairs of ``deepinv-deq demo`` on CT (defined with the presets).
+DEMO_RUNS = getattr(configs, "DEMO_RUNS", (
     ("pinv", "none"),
     ("pnp-tv", "none"),
     ("deq", "sup"),
@@ -31,155 +39,440 @@ DEMO_RUNS = (
     ("deq-jfb", "ei"),
     ("unrolled", "ei"),
     ("unet", "sup"),
-)
+))
+#: default preset of each command.
+DEFAULT_SIZE = {"demo": "demo", "train": "cpu" if "cpu" in PRESETS else "repro",
+                "table": "cpu" if "cpu" in PRESETS else "repro"}
+#: settings that have their own option (not generated from :class:`ExperimentConfig`).
+_OWN_OPTIONS = ("data", "seed", "device")
+#: choices of the settings that have a fixed set of values.
+_CHOICES = {"transform": ("rotate", "shift")}
+#: what ``eval`` accepts: it re-evaluates trained runs with their stored settings.
+EVAL_OPTIONS = ("--out", "--device", "--n-test", "--threads", "--quiet", "--verbose", "-q", "-v")
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    g = common.add_argument_group("experiment settings (default: those of --size)")
-    g.add_argument("--size", default=None, choices=list(PRESETS),
-                   help="size preset (demo: demo; train/table: repro)")
-    g.add_argument("--img-size", type=int, help="image side in pixels")
-    g.add_argument("--n-train", type=int, help="training images")
-    g.add_argument("--n-test", type=int, help="held-out test images")
-    g.add_argument("--epochs", type=int, help="training epochs")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float, help="Adam learning rate")
-    g.add_argument("--max-iter", type=int, help="forward fixed-point iterations")
-    g.add_argument("--backward-max-iter", type=int, help="implicit backward iterations")
-    g.add_argument("--unrolled-iters", type=int, help="iterations K of the unrolled network")
-    g.add_argument("--views", type=int, help="CT projection angles")
-    g.add_argument("--transform", choices=["rotate", "shift"], help="EI transformation group")
-    g.add_argument("--data", help="'phantoms' (default, offline) or a folder of real data "
-                                  "(LIDC-IDRI for ct, fastMRI .h5 for mri)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    g.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default ./{DEFAULT_OUT})")
-    g.add_argument("--threads", type=int, default=None,
+# ------------------------------------------------------------------------------------------------
+# help text
+
+
+def _setting_help() -> dict[str, str]:
+    """``field -> help`` from :class:`ExperimentConfig`'s ``:param type name:`` docstring lines."""
+    doc = inspect.cleandoc(ExperimentConfig.__doc__ or "")
+    out: dict[str, str] = {}
+    for m in re.finditer(r":param \S+ (\w+): (.*?)(?=\n:param |\n\n|\Z)", doc, re.S):
+        text = " ".join(m.group(2).split())
+        text = re.sub(r":\w+:`([^`]*)`", r"\1", text).replace("``", "")
+        text = text.replace("\\times", " x ").replace("\\eta", "eta").replace("\\alpha", "alpha")
+        text = text.replace("\\lambda", "lambda").replace("\\|", "||").replace("\\", "")
+        out[m.group(1)] = text.rstrip(".").replace("%", "%%")
+    return out
+
+
+def _preset_notes() -> dict[str, str]:
+    """``preset -> what runs and its measured time``, as written next to :data:`PRESETS`."""
+    return dict(getattr(configs, "PRESET_NOTES", {}))
+
+
+def preset_table(fmt: str = "text") -> str:
+    r"""The size presets as a table: image size, data, training budget, what runs, measured time.
+
+    Built from :data:`deepinv_deq.experiments.configs.PRESETS` (and its ``PRESET_NOTES``), so the
+    ``--help`` text and the documentation show the same numbers.
+
+    :param str fmt: ``"text"`` (for ``--help``) or ``"rst"`` (a list-table for the docs).
+    """
+    notes = _preset_notes()
+    header = ("preset", "image", "train / test images", "epochs", "seeds", "what runs, time on 2 CPU cores")
+    rows = []
+    for name, p in PRESETS.items():
+        size = str(p.get("img_size", "?"))
+        if p.get("mri_img_size"):
+            size += f" (MRI {p['mri_img_size']})"
+        rows.append((name, size, f"{p.get('n_train', '?')} / {p.get('n_test', '?')}",
+                     str(p.get("epochs", "?")), str(p.get("seeds", 1)), notes.get(name, "not measured")))
+    if fmt == "rst":
+        lines = [".. list-table:: Size presets (``--size``)", "   :header-rows: 1", ""]
+        for row in (header, *rows):
+            lines.append("   * - " + row[0])
+            lines += [f"     - {c}" for c in row[1:]]
+        return "\n".join(lines) + "\n"
+    if fmt != "text":
+        raise ValueError(f"preset_table: 'fmt' must be 'text' or 'rst', got {fmt!r}.")
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+    fmt_row = "  ".join(f"{{:{w}s}}" for w in widths) + "  {}"
+    return "\n".join(fmt_row.format(*r) for r in (header, *rows))
+
+
+# ------------------------------------------------------------------------------------------------
+# parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    import deepinv_deq
+
+    parts = []
+    for dist in ("deepinv", "torch"):
+        try:
+            parts.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{dist} not installed")
+    return f"deepinv-deq {deepinv_deq.__version__} ({', '.join(parts)})"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _verbosity(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    v = g.add_mutually_exclusive_group()
+    v.add_argument("-q", "--quiet", action="store_true",
+                   help="print only the final table, the files written and errors (no progress)")
+    v.add_argument("-v", "--verbose", action="store_true",
+                   help="also show deepinv's own messages (trainer chatter, parameter counts)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (messages stay)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    """Options shared by demo, train and table: settings, data, output, machine."""
+    helps = _setting_help()
+    g = p.add_argument_group(
+        "experiment settings", "Each default comes from the --size preset (table below); an option "
+        "overrides that one setting.")
+    g.add_argument("--size", choices=list(PRESETS), metavar="PRESET",
+                   help=f"size preset, one of {', '.join(PRESETS)} (default: %(default)s)")
+    for f in dataclasses.fields(ExperimentConfig):
+        if f.name in _OWN_OPTIONS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        text = helps.get(f.name, f.name.replace("_", " "))
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+        if kind == "bool":
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif f.name in _CHOICES:
+            g.add_argument(flag, choices=_CHOICES[f.name], help=text)
+        else:
+            conv = {"int": int, "float": float}.get(kind, str)
+            g.add_argument(flag, type=conv, metavar={"int": "N", "float": "X"}.get(kind, "VALUE"),
+                           help=text)
+    d = p.add_argument_group("data, output and machine")
+    d.add_argument("--data", default="phantoms", metavar="FOLDER",
+                   help="'phantoms' (offline procedural phantoms, the default) or a local folder of "
+                        "real data: LIDC-IDRI (metadata.csv + DICOM) for ct, fastMRI .h5 files for mri")
+    d.add_argument("--seed", type=int, default=0, help="first seed of data, noise, masks and "
+                   "initialisation (default: %(default)s)")
+    _machine(d)
+    d.add_argument("--out", default=DEFAULT_OUT, metavar="FOLDER",
+                   help="output folder; runs found there are resumed (default: ./%(default)s)")
+
+
+def _machine(g) -> None:
+    g.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="torch device: cpu, cuda or cuda:N (default: %(default)s)")
+    g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+_RESUME = ("Runs are resumable: finished runs in --out are skipped, an interrupted run continues from "
+           "its last checkpoint (Ctrl-C stops cleanly).")
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    fmt = argparse.RawDescriptionHelpFormatter
+    presets = "size presets (--size):\n" + preset_table()
     p = argparse.ArgumentParser(
         prog="deepinv-deq",
-        description="Equivariant deep equilibrium models: the paper's experiments on CPU or GPU.",
+        description="Equivariant deep equilibrium models (deepinv-deq): the paper's experiments "
+                    "on CPU or GPU, with offline data.",
+        epilog=presets + "\n\n" + _RESUME + "\nRun 'deepinv-deq COMMAND --help' for a command's options.",
+        formatter_class=fmt,
     )
-    sub = p.add_subparsers(dest="command", metavar="{demo,train,eval,table}")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", metavar="{demo,train,eval,table}", title="commands")
     sub.required = True
-    sub.add_parser("demo", parents=[common], help="EI-DEQ and key baselines on CT (~10 min on 2 CPUs)")
-    t = sub.add_parser("train", parents=[common], help="train and evaluate one method")
-    t.add_argument("--task", required=True, help=f"one of {list(TASKS)}")
-    t.add_argument("--method", required=True, help=f"one of {list(METHODS)}")
-    t.add_argument("--regime", default=None, help=f"one of {list(REGIMES)} (none for {list(FIXED)})")
-    sub.add_parser("eval", parents=[common], help="evaluate the trained runs in --out again")
-    tb = sub.add_parser("table", parents=[common], help="the full comparison table")
-    tb.add_argument("--tasks", default="all", help=f"comma-separated, among {list(TASKS)}")
-    tb.add_argument("--methods", default="all", help=f"comma-separated, among {list(METHODS)}")
-    tb.add_argument("--regimes", default="all", help=f"comma-separated, among {list(REGIMES)}")
-    return p
+    demo_runs = ", ".join(m if r == "none" else f"{m} ({r})" for m, r in DEMO_RUNS)
+    parsers = {
+        "demo": sub.add_parser(
+            "demo", help="the paper's key runs on CT at a CPU size (see the presets below)",
+            description=f"Trains and evaluates on sparse-view CT: {demo_runs}; prints the table and "
+                        "writes the figures. " + _RESUME,
+            usage="deepinv-deq demo [--size PRESET] [--out FOLDER] [options]",
+            epilog=presets, formatter_class=fmt),
+        "train": sub.add_parser(
+            "train", help="train and evaluate one method on one task",
+            description="Trains (unless done before) and evaluates one run. " + _RESUME,
+            usage="deepinv-deq train --task {ct,mri} --method METHOD [--regime {sup,ei,mc}] [options]",
+            epilog=presets, formatter_class=fmt),
+        "eval": sub.add_parser(
+            "eval", help="evaluate the trained runs in --out again",
+            description="Re-evaluates every trained run found in --out with its stored settings. "
+                        "Training options are refused.",
+            usage="deepinv-deq eval [--out FOLDER] [--n-test N] [--device DEVICE] [--threads N]",
+            formatter_class=fmt),
+        "table": sub.add_parser(
+            "table", help="the comparison table: every method x regime on the chosen tasks",
+            description="Trains and evaluates every method in every regime. " + _RESUME,
+            usage="deepinv-deq table [--tasks LIST] [--methods LIST] [--regimes LIST] [options]",
+            epilog=presets, formatter_class=fmt),
+    }
+    t = parsers["train"].add_argument_group("run")
+    t.add_argument("--task", required=True, choices=TASKS, help="ct (sparse-view CT) or mri (accelerated MRI)")
+    t.add_argument("--method", required=True, choices=list(METHODS), metavar="METHOD",
+                   help="; ".join(f"{k}: {v}" for k, v in METHODS.items()).replace("%", "%%"))
+    t.add_argument("--regime", choices=REGIMES,
+                   help="training regime of the trained methods: sup (supervised), ei (MC + EI), "
+                        f"mc (measurement consistency only); none for {', '.join(FIXED)}")
+    tb = parsers["table"].add_argument_group("which runs")
+    tb.add_argument("--tasks", default="all", metavar="LIST",
+                    help=f"comma-separated among {', '.join(TASKS)} (default: all)")
+    tb.add_argument("--methods", default="all", metavar="LIST",
+                    help=f"comma-separated among {', '.join(METHODS)} (default: all)")
+    tb.add_argument("--regimes", default="all", metavar="LIST",
+                    help=f"comma-separated among {', '.join(REGIMES)} (default: all)")
+    for name in ("demo", "train", "table"):
+        _common(parsers[name])
+        _verbosity(parsers[name])
+        parsers[name].set_defaults(size=DEFAULT_SIZE[name])
+    e = parsers["eval"].add_argument_group("options")
+    e.add_argument("--out", default=DEFAULT_OUT, metavar="FOLDER",
+                   help="folder holding the trained runs (default: ./%(default)s)")
+    e.add_argument("--n-test", type=_positive_int, metavar="N",
+                   help="held-out test images (default: those of each run)")
+    _machine(e)
+    _verbosity(parsers["eval"])
+    return p, parsers
 
 
-def _config(args, default_size: str) -> ExperimentConfig:
+# ------------------------------------------------------------------------------------------------
+# checks made before anything is created
+
+
+def _option_message(message: str) -> str:
+    """A validation message with the option as typed: ``'img_size' must ...`` -> ``--img-size must ...``."""
+    message = " ".join(str(message).split())
+    message = re.sub(r"^(ExperimentConfig|run|deepinv-deq): ", "", message)
+    return re.sub(r"^'(\w+)'", lambda m: "--" + m.group(1).replace("_", "-"), message)
+
+
+def _check_paths(args, error) -> None:
+    """``--data`` must be 'phantoms' or an existing folder; ``--out`` a folder we can write into."""
+    data = getattr(args, "data", "phantoms")
+    if data != "phantoms" and not Path(data).is_dir():
+        error(f"--data: no such folder: '{data}' (use 'phantoms' or a folder of real data)")
+    out = Path(args.out)
+    if out.exists():
+        if not out.is_dir():
+            error(f"--out: '{out}' exists and is not a folder")
+        target = out
+    else:
+        target = next((p for p in out.absolute().parents if p.exists()), None)
+        if target is None or not target.is_dir():
+            error(f"--out: cannot create '{out}': no existing parent folder")
+    if not os.access(target, os.W_OK | os.X_OK):
+        error(f"--out: cannot write into '{target}' (permission denied)")
+
+
+def _check_data_content(cfg, tasks, error) -> None:
+    """Open the real-data folder for each task (train and test splits) before any run starts."""
+    if cfg.data == "phantoms":
+        return
+    from ..data import load_dataset
+
+    for task in tasks:
+        size = cfg.size_of(task) if hasattr(cfg, "size_of") else cfg.img_size
+        try:
+            load_dataset(cfg.data, task, cfg.n_train, size, cfg.seed, split=0)
+            load_dataset(cfg.data, task, cfg.n_test, size, cfg.seed, split=1)
+        except (FileNotFoundError, ValueError, ImportError, OSError) as e:
+            error(f"--data: not usable for {task}: " + re.sub(r"^\w+: ", "", " ".join(str(e).split())))
+
+
+def _refuse_unknown(args, extra: list[str], parser, command: str) -> None:
+    if not extra:
+        return
+    if command == "eval":
+        option = next((a.split("=")[0] for a in extra if a.startswith("-")), extra[0])
+        parser.error(f"{option} is not an eval option: eval re-evaluates the trained runs in --out "
+                     "with their stored settings (it accepts --out, --n-test, --device, --threads, -q, -v)")
+    parser.error("unrecognized arguments: " + " ".join(extra))
+
+
+# ------------------------------------------------------------------------------------------------
+# running
+
+
+def load_package() -> None:
+    """Complete ``import deepinv_deq`` if the launcher imported it for parsing only (torch, deepinv,
+    registration)."""
+    import importlib
+
+    import deepinv_deq
+
+    if not hasattr(deepinv_deq, "DEQ"):
+        importlib.reload(deepinv_deq)
+
+
+def _config(args, error) -> ExperimentConfig:
+    """The settings: the preset with the options given (validated without importing torch)."""
+    names = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    overrides = {n: getattr(args, n) for n in names if n != "device" and hasattr(args, n)}
+    try:
+        return ExperimentConfig.from_preset(args.size, device=args.device, **overrides)
+    except ValueError as e:
+        error(_option_message(e))
+
+
+def _setup_machine(args, error) -> None:
+    """Apply ``--threads``; check ``--device``."""
     import torch
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}.")
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine.")
-    return ExperimentConfig.from_preset(
-        args.size or default_size,
-        img_size=args.img_size, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, max_iter=args.max_iter,
-        backward_max_iter=args.backward_max_iter, unrolled_iters=args.unrolled_iters,
-        views=args.views, transform=args.transform, data=args.data, seed=args.seed,
-        device=args.device,
-    )
+        error(f"--device {args.device}: CUDA is not available on this machine")
+
+
+def _versions(device: str) -> dict:
+    from importlib import metadata
+
+    import torch
+
+    import deepinv_deq
+
+    info = {"deepinv-deq": deepinv_deq.__version__, "torch": torch.__version__,
+            "python": sys.version.split()[0], "device": device}
+    try:
+        info["deepinv"] = metadata.version("deepinv")
+    except metadata.PackageNotFoundError:  # pragma: no cover
+        info["deepinv"] = None
+    if device.startswith("cuda"):
+        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    return info
 
 
 def _save_meta(out: Path, cfg: ExperimentConfig, argv) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(
-        {"command": "deepinv-deq " + " ".join(argv), "config": cfg.to_dict()}, indent=1))
+        {"command": "deepinv-deq " + " ".join(argv), "config": cfg.to_dict(),
+         "versions": _versions(cfg.device)}, indent=1))
 
 
-def _grid(cfg, out, runs, progress, log):
+def _runs(args, error) -> list[tuple[str, str, str]]:
+    if args.command == "demo":
+        return [("ct", m, r) for m, r in DEMO_RUNS]
+    if args.command == "train":
+        if args.method in FIXED:
+            if args.regime is not None:
+                error(f"--regime: method '{args.method}' is not trained end to end, so it takes no regime")
+            return [(args.task, args.method, "none")]
+        if args.regime is None:
+            error(f"--regime is required for method '{args.method}' (one of {', '.join(REGIMES)})")
+        return [(args.task, args.method, args.regime)]
+    chosen = {}
+    for name, value, choices in (("tasks", args.tasks, TASKS), ("methods", args.methods, METHODS),
+                                 ("regimes", args.regimes, REGIMES)):
+        try:
+            chosen[name] = configs.parse_list(name, value, choices)
+        except ValueError as e:
+            error(_option_message(e))
+    runs = [(t, m, "none") for t in chosen["tasks"] for m in chosen["methods"] if m in FIXED]
+    runs += [(t, m, r) for t in chosen["tasks"] for m in chosen["methods"] if m not in FIXED
+             for r in chosen["regimes"]]
+    runs.sort(key=lambda x: (x[0], list(METHODS).index(x[1])))
+    return runs
+
+
+def _run_kwargs(run, args) -> dict:
+    """Options of :func:`~deepinv_deq.experiments.runner.run` this runner version supports."""
+    params = inspect.signature(run).parameters
+    wanted = {"verbose": args.verbose, "overwrite": getattr(args, "overwrite", False)}
+    return {k: v for k, v in wanted.items() if k in params and v}
+
+
+def _grid(cfg, out, runs, progress, log, args):
     from .runner import run
 
-    results = []
-    for task, method, regime in runs:
-        results.append(run(task, method, regime, cfg, out, progress=progress, log=log))
-    return results
+    kwargs = _run_kwargs(run, args)
+    return [run(task, method, regime, cfg, out, progress=progress, log=log, **kwargs)
+            for task, method, regime in runs]
 
 
-def _report(results, cfg, out: Path, name: str, log, figures: bool = True) -> None:
+def _report(results, cfg, out: Path, name: str, log, say, figures: bool = True) -> None:
     from .results import figure, markdown, write_tables
     from .runner import magnitude, held_out_measurements
     from .tasks import build_physics
 
     paths = write_tables(results, out, name=name, config=cfg.to_dict())
-    log("")
-    log(markdown(results))
+    say("")
+    say(markdown(results))
     written = [str(p) for p in paths.values()]
     if figures:
         for task in sorted({r["task"] for r in results}):
             x, _ = held_out_measurements(task, cfg, build_physics(task, cfg))[0]
             path = figure(results, out, task, out / f"figure_{task}.png", reference=magnitude(x)[0].cpu())
             written.append(str(path))
-    log("written: " + ", ".join(written))
+    say("written: " + ", ".join(written))
 
 
 def main(argv=None) -> int:
-    r"""Entry point of the ``deepinv-deq`` console script.
+    r"""Entry point of the ``deepinv-deq`` command line.
 
-    :param list argv: arguments (default ``sys.argv[1:]``).
-    :return: exit status (0 on success); invalid options exit with status 2 and a message.
+    :param list argv: arguments. Default: ``sys.argv[1:]``.
+    :return: exit status: 0 on success, 130 after Ctrl-C; usage errors exit with status 2 and a
+        one-line message naming the option.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    args = parser.parse_args(argv)
-    log = print
-    progress = not args.no_progress
+    parser, parsers = _parser()
+    args, extra = parser.parse_known_args(argv)
+    sub = parsers[args.command]
+    _refuse_unknown(args, extra, sub, args.command)
+    _check_paths(args, sub.error)
+    say = print
+    log = (lambda *a, **k: None) if args.quiet else print
+    progress = not (args.no_progress or args.quiet)
     out = Path(args.out)
     try:
-        if args.command == "demo":
-            cfg = _config(args, "demo")
-            runs = [("ct", m, r) for m, r in DEMO_RUNS]
-        elif args.command == "train":
-            cfg = _config(args, "repro")
-            runs = [check_run(args.task, args.method, args.regime)]
-        elif args.command == "table":
-            cfg = _config(args, "repro")
-            tasks = parse_list("tasks", args.tasks, TASKS)
-            methods = parse_list("methods", args.methods, METHODS)
-            regimes = parse_list("regimes", args.regimes, REGIMES)
-            runs = [(t, m, "none") for t in tasks for m in methods if m in FIXED]
-            runs += [(t, m, r) for t in tasks for m in methods if m not in FIXED for r in regimes]
-            runs.sort(key=lambda x: (x[0], list(METHODS).index(x[1])))
-        else:  # eval
-            return _eval(args, out, log)
-    except ValueError as e:
-        parser.error(str(e))
-    _save_meta(out, cfg, argv)
-    t0 = time.perf_counter()
-    try:
-        results = _grid(cfg, out, runs, progress, log)
-    except ValueError as e:
-        parser.error(str(e))
-    name = {"demo": "demo", "train": "results_train", "table": "results"}[args.command]
-    _report(results, cfg, out, name, log, figures=args.command != "train")
-    log(f"total time {time.perf_counter() - t0:.0f} s")
-    return 0
+        if args.command == "eval":
+            load_package()
+            _setup_machine(args, sub.error)
+            return _eval(args, out, log, say, sub.error)
+        runs = _runs(args, sub.error)
+        cfg = _config(args, sub.error)
+        load_package()
+        _setup_machine(args, sub.error)
+        _check_data_content(cfg, sorted({t for t, _, _ in runs}), sub.error)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            sub.error(f"--out: cannot create '{out}' ({e.strerror or e})")
+        _save_meta(out, cfg, argv)
+        t0 = time.perf_counter()
+        results = _grid(cfg, out, runs, progress, log, args)
+        name = {"demo": "demo", "train": "results_train", "table": "results"}[args.command]
+        _report(results, cfg, out, name, log, say, figures=args.command != "train")
+        log(f"total time {time.perf_counter() - t0:.0f} s")
+        return 0
+    except KeyboardInterrupt:
+        print(f"\ndeepinv-deq: interrupted; run the same command again to resume (finished runs in "
+              f"'{out}' are kept, the interrupted one continues from its last checkpoint).",
+              file=sys.stderr)
+        return 130
 
 
-def _eval(args, out: Path, log) -> int:
-    from .configs import ExperimentConfig
+def _eval(args, out: Path, log, say, error) -> int:
     from .results import markdown, write_tables
     from .runner import reevaluate
 
     folders = sorted(p.parent for p in out.glob("*/*/config.json") if p.parent.name != "denoiser")
     if not folders:
-        raise SystemExit(f"deepinv-deq eval: error: no run found in '{out}'.")
+        error(f"--out: no trained run found in '{out}'")
     results = []
     for folder in folders:
         stored = json.loads((folder / "config.json").read_text())
@@ -188,7 +481,7 @@ def _eval(args, out: Path, log) -> int:
         cfg = ExperimentConfig(**{**stored, "device": args.device})
         results.append(reevaluate(folder, cfg, log=log))
     paths = write_tables(results, out, name="eval")
-    log("")
-    log(markdown(results))
-    log("written: " + ", ".join(str(p) for p in paths.values()))
+    say("")
+    say(markdown(results))
+    say("written: " + ", ".join(str(p) for p in paths.values()))
     return 0
