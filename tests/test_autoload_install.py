@@ -24,6 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 HOOK = "_deepinv_deq_autoload"
 PTH = "deepinv_deq_autoload.pth"
+LAUNCHER = "_deepinv_deq_cli"  # the console script's entry point (parses before torch is imported)
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("hatchling") is None,
@@ -65,13 +66,36 @@ def _dependency_paths() -> list[str]:
     return paths
 
 
+def _ours(name: str) -> bool:
+    """Whether a site-packages entry belongs to an installed deepinv-deq (package, hook, launcher,
+    metadata, editable-install path file)."""
+    name = name.lower().replace("-", "_")
+    return name.lstrip("_").startswith("deepinv_deq") or (name.startswith("__editable__") and "deepinv_deq" in name)
+
+
+def _borrow(path: Path, into: Path) -> Path:
+    """``into``: links to every entry of ``path`` except deepinv-deq's own files.
+
+    The throw-away venv must not see an outer deepinv-deq: with a regular (non-editable) install
+    of the project in the test environment, pip would otherwise find it already installed and
+    install nothing into the venv.
+    """
+    into.mkdir(parents=True)
+    for entry in path.iterdir():
+        if not _ours(entry.name):
+            (into / entry.name).symlink_to(entry)
+    return into
+
+
 def _make_venv(root: Path):
-    """A pip-less venv that sees this interpreter's packages; returns (python, purelib)."""
+    """A pip-less venv that sees this interpreter's packages (but not deepinv-deq); returns
+    (python, purelib)."""
     _run([sys.executable, "-m", "venv", "--without-pip", root])
     python = root / "bin" / "python"
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     purelib = Path(_run([python, "-c", code]).stdout.strip()).resolve()
-    (purelib / "zz_borrowed_dependencies.pth").write_text("\n".join(_dependency_paths()) + "\n")
+    borrowed = [_borrow(Path(p), root / "borrowed" / str(i)) for i, p in enumerate(_dependency_paths())]
+    (purelib / "zz_borrowed_dependencies.pth").write_text("\n".join(map(str, borrowed)) + "\n")
     return python, purelib
 
 
@@ -113,7 +137,7 @@ def test_wheel_contents(wheel):
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         entry_points = zf.read(f"{dist_info}/entry_points.txt").decode()
         metadata = zf.read(f"{dist_info}/METADATA").decode()
-    assert f"{HOOK}.py" in names
+    assert f"{HOOK}.py" in names and f"{LAUNCHER}.py" in names
     # every module of the package (subpackages included) is in the wheel
     sources = {
         p.relative_to(REPO).as_posix() for p in (REPO / "deepinv_deq").rglob("*.py") if "__pycache__" not in p.parts
@@ -121,7 +145,7 @@ def test_wheel_contents(wheel):
     assert sources and sources <= names, sources - names
     assert "[deepinv.plugins]" in entry_points
     assert "deepinv_deq = deepinv_deq.plugin:register" in entry_points
-    assert "deepinv-deq = deepinv_deq.experiments.cli:main" in entry_points
+    assert f"deepinv-deq = {LAUNCHER}:main" in entry_points
     assert "Requires-Dist: deepinv>=0.5" in metadata
     assert "Requires-Python: >=3.10" in metadata
 
@@ -134,6 +158,9 @@ def test_regular_install_autoloads_and_uninstalls_cleanly(wheel, tmp_path):
     _run(_pip("--python", python, "install", "--no-deps", "--no-index", wheel))
     assert (purelib / PTH).is_file() and (purelib / f"{HOOK}.py").is_file()
     assert (python.parent / "deepinv-deq").is_file()  # console script
+    assert (purelib / f"{LAUNCHER}.py").is_file()
+    version = _run([python.parent / "deepinv-deq", "--version"], cwd=tmp_path).stdout
+    assert version.startswith("deepinv-deq ")
 
     result = _check(python, tmp_path)
     assert result["autoloaded"] and result["registered"]
@@ -143,6 +170,7 @@ def test_regular_install_autoloads_and_uninstalls_cleanly(wheel, tmp_path):
 
     _run(_pip("--python", python, "uninstall", "-y", "deepinv-deq"))
     assert not (purelib / PTH).exists() and not (purelib / f"{HOOK}.py").exists()
+    assert not (purelib / f"{LAUNCHER}.py").exists() and not (python.parent / "deepinv-deq").exists()
     code = "import sys; print(any(getattr(f, '_deepinv_deq_autoload', 0) for f in sys.meta_path), '%s' in sys.modules)"
     assert _run([python, "-c", code % HOOK], cwd=tmp_path).stdout.split() == ["False", "False"]
 
