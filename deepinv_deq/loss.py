@@ -1,16 +1,30 @@
 r"""DEQ-aware versions of deepinv's equivariant-imaging losses, and a Jacobian-norm regulariser.
 
-deepinv's self-supervised losses call the reconstructor again on new measurements: the EI loss on
-:math:`A T_g \hat{x}`, SURE on :math:`y + \tau b`. For a DEQ every such call is a fixed-point solve,
-started by default at :math:`A^\top y`. The adapters below start those extra solves *warm*, at a
-point close to their solution (detached, so the gradient is unchanged up to the solver tolerance):
+deepinv's self-supervised losses call the reconstructor again on new measurements: the EI loss
+:footcite:`chen2021equivariant` on :math:`A T_g \hat{x}`, SURE :footcite:`stein1981sure` on
+:math:`y + \tau b`. For a DEQ every such call is a fixed-point solve, started by default at the
+model's initial iterate (e.g. :math:`A^\top y`). By default the adapters below are exactly their
+deepinv parents (same objective, same cold-started solves). With ``warm_start=True`` they start
+those extra solves at a point close to their solution (detached):
 
 - :class:`DEQEILoss`, :class:`DEQMOEILoss`: the transformed solve starts at :math:`T_g \hat{x}`,
   which is the answer of an equivariant reconstructor;
 - :class:`DEQSureGaussianLoss`: the perturbed solve starts at :math:`\hat{x}`, the reconstruction
   of the unperturbed measurement.
 
-With any model that is not a :class:`deepinv_deq.DEQ` they behave exactly as their deepinv parents.
+**Precondition of the warm start**: the map has a *unique* fixed point (e.g. it is a contraction,
+see :class:`deepinv_deq.ContractiveDenoiser`) and the solves converge. Then the warm-started solve
+reaches the same fixed point as the cold one, and the loss and its gradient are unchanged up to
+the solver tolerance. When the fixed point is not unique (e.g. a denoiser initialised as the
+identity: every :math:`x` with :math:`Ax = y` is a fixed point of the PGD map), the solve started
+at :math:`T_g \hat{x}` returns :math:`T_g \hat{x}`, the EI term vanishes and the objective is not
+deepinv's any more.
+
+The adapters do not copy deepinv's code: they call deepinv's own ``forward`` with the model (and,
+for EI, the transformation) wrapped, so they follow deepinv when it changes. With any model that
+is not a :class:`deepinv_deq.DEQ` they are exactly their deepinv parents.
+
+.. footbibliography::
 """
 
 from __future__ import annotations
@@ -29,14 +43,37 @@ def is_deq(model) -> bool:
     r"""Whether ``model`` is a :class:`deepinv_deq.DEQ` (whose solves accept a warm start).
 
     :param model: any reconstructor.
+    :return: (bool) ``True`` for a :class:`deepinv_deq.DEQ`.
+
+    :Examples:
+
+    >>> import torch
+    >>> from deepinv_deq.loss import is_deq
+    >>> is_deq(torch.nn.Identity())
+    False
     """
     return isinstance(model, DEQ)
 
 
-class _WarmStarted:
-    r"""A reconstructor ``model(y, physics)`` whose solve starts at a fixed ``init``."""
+def _check_warm_start(owner: str, warm_start) -> bool:
+    if not isinstance(warm_start, bool):
+        raise ValueError(f"{owner}: 'warm_start' must be a bool, got {warm_start!r}.")
+    return warm_start
 
-    def __init__(self, model: DEQ, init: Tensor):
+
+def _as_init(init: Tensor, y) -> Tensor:
+    # The warm start follows the measurements' precision: under autocast the reconstruction (and
+    # so T_g x_hat) may be in low precision while y is float32.
+    init = init.detach()
+    if isinstance(y, Tensor) and not init.is_complex() and init.dtype != y.real.dtype:
+        init = init.to(y.real.dtype)
+    return init
+
+
+class _WarmStarted:
+    r"""A reconstructor ``model(y, physics)`` whose solve starts at ``init()`` (detached)."""
+
+    def __init__(self, model: DEQ, init):
         self.model = model
         self.init = init
 
@@ -44,54 +81,100 @@ class _WarmStarted:
     def training(self) -> bool:
         return self.model.training
 
-    def __call__(self, y: Tensor, physics, **kwargs) -> Tensor:
-        return self.model(y, physics, init=self.init, **kwargs)
+    def __call__(self, y, physics, **kwargs) -> Tensor:
+        return self.model(y, physics, init=_as_init(self.init(), y), **kwargs)
 
 
-def _warm_ei_term(loss: EILoss, x_net: Tensor, physics, model: DEQ) -> Tensor:
-    # The EI term of deepinv's EILoss, :math:`\|f(A T_g \hat x) - T_g \hat x\|`, with the solve
-    # started at T_g x_hat.
-    if loss.no_grad:
-        with torch.no_grad():
-            x2 = loss.T(x_net).detach()
-    else:
-        x2 = loss.T(x_net)
-    y2 = physics(x2) if loss.noise else physics.A(x2)
-    x3 = model(y2, physics, init=x2.detach())
-    return loss.weight * loss.metric(x3, x2)
+class _RecordingTransform:
+    r"""The transformation :math:`T_g` of an EI loss, remembering its last output :math:`T_g\hat x`."""
+
+    def __init__(self, transform):
+        self.transform = transform
+        self.output = None
+
+    def __call__(self, x, *args, **kwargs):
+        self.output = self.transform(x, *args, **kwargs)
+        return self.output
+
+    def __getattr__(self, name):
+        return getattr(self.transform, name)
+
+    def last(self) -> Tensor:
+        if self.output is None:
+            raise RuntimeError(
+                "DEQEILoss(warm_start=True): deepinv's EILoss called the model before the "
+                "transformation; the warm start needs T_g x_hat first (incompatible deepinv version)."
+            )
+        return self.output
+
+
+class _WithTransform:
+    r"""A view of an EI loss whose transformation is replaced, so that deepinv's own ``forward``
+    runs unchanged on it (every other attribute is the loss's)."""
+
+    def __init__(self, loss: EILoss, transform):
+        self._loss = loss
+        self.T = transform
+
+    def __getattr__(self, name):
+        return getattr(self._loss, name)
+
+
+def _ei_forward(loss: EILoss, x_net: Tensor, physics, model) -> Tensor:
+    # deepinv's EILoss.forward, with T_g x_hat recorded and the model's solve started there.
+    recorder = _RecordingTransform(loss.T)
+    return EILoss.forward(_WithTransform(loss, recorder), x_net, physics, _WarmStarted(model, recorder.last))
 
 
 class DEQEILoss(EILoss):
-    r"""Equivariant imaging loss whose transformed DEQ solve starts at :math:`T_g\hat{x}`.
+    r"""Equivariant imaging loss :footcite:`chen2021equivariant` with an optional warm-started DEQ solve.
 
-    Same loss as :class:`deepinv.loss.EILoss`,
+    The loss of :class:`deepinv.loss.EILoss`,
 
     .. math::
 
-        \| T_g \hat{x} - f_\theta(A T_g \hat{x}) \|^2, \qquad \hat{x} = f_\theta(y),
+        \| T_g \hat{x} - f_\theta(A T_g \hat{x}) \|^2, \qquad \hat{x} = f_\theta(y).
 
-    but when the reconstructor :math:`f_\theta` is a :class:`deepinv_deq.DEQ` the fixed-point solve
-    of :math:`f_\theta(A T_g \hat{x})` is initialised at :math:`\operatorname{sg}(T_g \hat{x})`
-    (``sg``: stop-gradient). The fixed point and therefore the implicit gradient are those of the
-    cold-started loss up to the solver tolerance; the solve needs fewer iterations the more
-    equivariant :math:`f_\theta` already is. With any other model it is exactly
-    :class:`deepinv.loss.EILoss`. The constructor arguments are those of
-    :class:`deepinv.loss.EILoss`.
+    By default (``warm_start=False``) it *is* :class:`deepinv.loss.EILoss`. With
+    ``warm_start=True`` and a :class:`deepinv_deq.DEQ` reconstructor :math:`f_\theta`, the
+    fixed-point solve of :math:`f_\theta(A T_g \hat{x})` starts at
+    :math:`\operatorname{sg}(T_g \hat{x})` (``sg``: stop-gradient; the transformation is drawn once
+    by deepinv's ``forward``). Precondition: a unique fixed point and converged solves; then the
+    loss and the implicit gradient are those of the cold-started loss up to the solver tolerance,
+    and the solve needs fewer iterations the more equivariant :math:`f_\theta` already is. With
+    several fixed points the warm-started solve returns :math:`T_g \hat{x}` and the EI term
+    vanishes (see the module's docstring).
+
+    :param bool warm_start: start the transformed solve at :math:`T_g \hat{x}`. Default: ``False``.
+    :param args: the arguments of :class:`deepinv.loss.EILoss` (``transform``, ``metric``,
+        ``apply_noise``, ``weight``, ``no_grad``).
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    The same value as deepinv's EI loss with the same transformation, cold or warm when the DEQ's
+    map is a contraction:
 
     >>> import torch, deepinv as dinv
-    >>> from deepinv_deq import DEQ, DEQEILoss
+    >>> from deepinv_deq import DEQ, DEQEILoss, ContractiveDenoiser
     >>> physics = dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.6)
-    >>> model = DEQ(denoiser=dinv.models.MedianFilter(), iteration="PGD", max_iter=30)
-    >>> loss = DEQEILoss(transform=dinv.transform.Rotate(multiples=90))
+    >>> model = DEQ(denoiser=ContractiveDenoiser(depth=2, width=4), max_iter=100, tol=1e-6)
     >>> y = physics(torch.rand(2, 1, 8, 8))
     >>> x_net = model(y, physics)
-    >>> loss(x_net=x_net, physics=physics, model=model).shape
-    torch.Size([])
+    >>> rot = lambda x: torch.rot90(x, 1, dims=(-2, -1))
+    >>> ref = dinv.loss.EILoss(rot)(x_net=x_net, physics=physics, model=model)
+    >>> cold = DEQEILoss(rot)(x_net=x_net, physics=physics, model=model)
+    >>> warm = DEQEILoss(rot, warm_start=True)(x_net=x_net, physics=physics, model=model)
+    >>> bool(cold == ref), bool(torch.isclose(warm, ref, rtol=1e-4))
+    (True, True)
+
+    .. footbibliography::
     """
+
+    def __init__(self, *args, warm_start: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.warm_start = _check_warm_start(type(self).__name__, warm_start)
 
     def forward(self, x_net, physics, model, **kwargs):
         r"""Compute the EI loss.
@@ -101,34 +184,41 @@ class DEQEILoss(EILoss):
         :param torch.nn.Module model: the reconstructor :math:`f_\theta`.
         :return: (:class:`torch.Tensor`) loss.
         """
-        if not is_deq(model):
+        if not (self.warm_start and is_deq(model)):
             return super().forward(x_net, physics, model, **kwargs)
-        return _warm_ei_term(self, x_net, physics, model)
+        return _ei_forward(self, x_net, physics, model)
 
 
 class DEQMOEILoss(MOEILoss):
-    r"""Multi-operator EI loss whose transformed DEQ solve starts at :math:`T_g\hat{x}`.
+    r"""Multi-operator EI loss with an optional warm-started DEQ solve.
 
-    Same loss as :class:`deepinv.loss.MOEILoss`,
+    The loss of :class:`deepinv.loss.MOEILoss`,
     :math:`\| T_g \hat{x} - f_\theta(A_2 T_g \hat{x}, A_2) \|^2` with :math:`A_2` drawn from the
-    set of operators, with the warm start of :class:`DEQEILoss` when the model is a
-    :class:`deepinv_deq.DEQ`; exactly :class:`deepinv.loss.MOEILoss` otherwise. The constructor
-    arguments are those of :class:`deepinv.loss.MOEILoss`.
+    set of operators; by default exactly :class:`deepinv.loss.MOEILoss`, and with
+    ``warm_start=True`` and a :class:`deepinv_deq.DEQ` the warm start (and the precondition) of
+    :class:`DEQEILoss`.
+
+    :param bool warm_start: start the transformed solve at :math:`T_g \hat{x}`. Default: ``False``.
+    :param args: the arguments of :class:`deepinv.loss.MOEILoss` (``transform``, ``physics``, ...).
 
     |sep|
 
-    :Example:
+    :Examples:
 
     >>> import torch, deepinv as dinv
-    >>> from deepinv_deq import DEQ, DEQMOEILoss
+    >>> from deepinv_deq import DEQ, DEQMOEILoss, ContractiveDenoiser
     >>> ops = [dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.6) for _ in range(2)]
-    >>> model = DEQ(denoiser=dinv.models.MedianFilter(), iteration="PGD", max_iter=30)
-    >>> loss = DEQMOEILoss(transform=dinv.transform.Shift(), physics=ops)
+    >>> model = DEQ(denoiser=ContractiveDenoiser(depth=2, width=4), max_iter=100, tol=1e-6)
+    >>> loss = DEQMOEILoss(transform=dinv.transform.Shift(), physics=ops, warm_start=True)
     >>> y = ops[0](torch.rand(2, 1, 8, 8))
     >>> x_net = model(y, ops[0])
     >>> loss(x_net=x_net, physics=ops[0], model=model).shape
     torch.Size([])
     """
+
+    def __init__(self, *args, warm_start: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.warm_start = _check_warm_start(type(self).__name__, warm_start)
 
     def forward(self, x_net, physics, model, **kwargs):
         r"""Compute the MO-EI loss.
@@ -138,42 +228,51 @@ class DEQMOEILoss(MOEILoss):
         :param torch.nn.Module model: the reconstructor :math:`f_\theta`.
         :return: (:class:`torch.Tensor`) loss.
         """
-        if not is_deq(model):
+        if not (self.warm_start and is_deq(model)):
             return super().forward(x_net, physics, model, **kwargs)
-        return _warm_ei_term(self, x_net, self.next_physics(physics), model)
+        return _ei_forward(self, x_net, self.next_physics(physics), model)
 
 
 class DEQSureGaussianLoss(SureGaussianLoss):
-    r"""SURE loss for Gaussian noise whose perturbed DEQ solve starts at :math:`\hat{x}`.
+    r"""SURE loss for Gaussian noise :footcite:`stein1981sure` with an optional warm-started DEQ solve.
 
-    Same loss as :class:`deepinv.loss.SureGaussianLoss`,
+    The loss of :class:`deepinv.loss.SureGaussianLoss`,
 
     .. math::
 
         \frac{1}{m}\|B(y - A\hat{x})\|_2^2 - \sigma^2 + \frac{2\sigma^2}{m\tau} b^\top B^\top
-        \big(A f_\theta(y + \tau b) - A\hat{x}\big),
+        \big(A f_\theta(y + \tau b) - A\hat{x}\big).
 
-    but when :math:`f_\theta` is a :class:`deepinv_deq.DEQ` the solve of
-    :math:`f_\theta(y + \tau b)` starts at :math:`\operatorname{sg}(\hat{x})`, which is within
-    :math:`O(\tau)` of its solution. With any other model it is exactly
-    :class:`deepinv.loss.SureGaussianLoss`. The constructor arguments are those of
-    :class:`deepinv.loss.SureGaussianLoss`.
+    By default it *is* :class:`deepinv.loss.SureGaussianLoss`. With ``warm_start=True`` and a
+    :class:`deepinv_deq.DEQ` :math:`f_\theta`, the solve of :math:`f_\theta(y + \tau b)` starts at
+    :math:`\operatorname{sg}(\hat{x})`, within :math:`O(\tau)` of its solution. Same precondition as
+    :class:`DEQEILoss`: with several fixed points the perturbed solve stays near :math:`\hat{x}`
+    and the divergence term is underestimated.
+
+    :param bool warm_start: start the perturbed solve at :math:`\hat{x}`. Default: ``False``.
+    :param args: the arguments of :class:`deepinv.loss.SureGaussianLoss` (``sigma``, ``tau``, ...).
 
     |sep|
 
-    :Example:
+    :Examples:
 
     >>> import torch, deepinv as dinv
-    >>> from deepinv_deq import DEQ, DEQSureGaussianLoss
+    >>> from deepinv_deq import DEQ, DEQSureGaussianLoss, ContractiveDenoiser
     >>> physics = dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.6,
     ...                                   noise_model=dinv.physics.GaussianNoise(0.05))
-    >>> model = DEQ(denoiser=dinv.models.MedianFilter(), iteration="PGD", max_iter=30)
-    >>> loss = DEQSureGaussianLoss(sigma=0.05)
+    >>> model = DEQ(denoiser=ContractiveDenoiser(depth=2, width=4), max_iter=100, tol=1e-6)
+    >>> loss = DEQSureGaussianLoss(sigma=0.05, warm_start=True)
     >>> y = physics(torch.rand(2, 1, 8, 8))
     >>> x_net = model(y, physics)
     >>> loss(y=y, x_net=x_net, physics=physics, model=model).shape
     torch.Size([2])
+
+    .. footbibliography::
     """
+
+    def __init__(self, *args, warm_start: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.warm_start = _check_warm_start(type(self).__name__, warm_start)
 
     def forward(self, y, x_net, physics, model, **kwargs):
         r"""Compute the SURE loss.
@@ -184,8 +283,8 @@ class DEQSureGaussianLoss(SureGaussianLoss):
         :param torch.nn.Module model: the reconstructor :math:`f_\theta`.
         :return: (:class:`torch.Tensor`) loss of shape ``(batch_size,)``.
         """
-        if is_deq(model):
-            model = _WarmStarted(model, x_net.detach())
+        if self.warm_start and is_deq(model):
+            model = _WarmStarted(model, x_net.detach)
         return super().forward(y, x_net, physics, model, **kwargs)
 
 

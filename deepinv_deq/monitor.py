@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ._validation import check_int
+from .loss import is_deq
 from .solvers import SolverStats
 
 __all__ = ["DEQMonitor", "SolveRecord", "QUANTITIES"]
@@ -80,7 +81,7 @@ class _MonitorMetric(torch.nn.Module):
 
     def forward(self, x_net: Tensor = None, model=None, **kwargs) -> Tensor:
         monitor = self._monitor[0]
-        if monitor.model is None and _is_deq(model):
+        if monitor.model is None and is_deq(model):
             monitor.attach(model)
         records = list(self._pending)
         self._pending.clear()
@@ -90,12 +91,6 @@ class _MonitorMetric(torch.nn.Module):
         value = _aggregate(self.quantity, records, kind)
         device = x_net.device if isinstance(x_net, Tensor) else None
         return torch.tensor([value], device=device)
-
-
-def _is_deq(model) -> bool:
-    from .deq import DEQ
-
-    return isinstance(model, DEQ)
 
 
 def _aggregate(quantity: str, records: list, kind: str) -> float:

@@ -14,7 +14,7 @@ import deepinv as dinv
 import pytest
 import torch
 
-from deepinv_deq import DEQ, ImplicitBackward
+from deepinv_deq import DEQ, DEQEILoss, DEQSureGaussianLoss, ImplicitBackward
 from deepinv_deq.solvers import AndersonAcceleration
 
 
@@ -131,3 +131,54 @@ def test_anderson_least_squares_stays_finite_for_low_precision_iterates(device):
     assert res.stats.status_names() == ["CONVERGED"] * 3
     assert torch.isfinite(res.fx.float()).all()
     assert torch.allclose(res.fx.float(), 2 * b.float(), rtol=5e-2, atol=5e-2)
+
+
+def _loss_pairs(warm_start):
+    # deepinv's loss and our adapter, with generators seeded alike (same g, same SURE probe)
+    def shift():
+        return dinv.transform.Shift(rng=torch.Generator().manual_seed(0))
+
+    def gen():
+        return torch.Generator().manual_seed(1)
+
+    return {
+        "ei": (dinv.loss.EILoss(shift(), apply_noise=False), DEQEILoss(shift(), apply_noise=False, warm_start=warm_start)),
+        "sure": (
+            dinv.loss.SureGaussianLoss(sigma=0.05, tau=1e-2, rng=gen()),
+            DEQSureGaussianLoss(sigma=0.05, tau=1e-2, rng=gen(), warm_start=warm_start),
+        ),
+    }
+
+
+@pytest.mark.parametrize("warm_start", [False, True], ids=["cold", "warm"])
+@pytest.mark.parametrize("name", ["ei", "sure"])
+def test_adapters_work_under_autocast_as_deepinv_losses(device, name, warm_start):
+    """A denoiser whose output is in low precision makes the reconstruction low precision while the
+    measurements stay float32: the adapters' warm starts follow y's dtype, and the loss and gradient
+    agree with deepinv's own loss under autocast."""
+    physics = dinv.physics.Inpainting(
+        img_size=(1, 16, 16), mask=0.6, device=device, noise_model=dinv.physics.GaussianNoise(0.05)
+    )
+    x = torch.rand(2, 1, 16, 16, device=device)
+    y = physics(x)
+    den = SmallDenoiser(skip=False).to(device)
+    model = DEQ(denoiser=den, stepsize=1.0, max_iter=60, tol=1e-2, backward_max_iter=60, backward_tol=1e-2)
+    results = []
+    for loss in _loss_pairs(warm_start)[name]:
+        den.zero_grad()
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a low-precision adjoint may stall
+            with torch.autocast(device.type, dtype=amp_dtype(device)):
+                x_net = model(y, physics)
+                assert x_net.dtype == amp_dtype(device)  # the case that used to raise
+                value = loss(x_net=x_net, y=y, physics=physics, model=model).mean()
+            value.backward()
+        g = torch.cat([p.grad.flatten() for p in den.parameters()])
+        assert torch.isfinite(value) and torch.isfinite(g).all()
+        results.append((value.detach().float(), g))
+    (v_ref, g_ref), (v, g) = results
+    # cold: the same computation; warm: the same fixed point up to the low-precision tolerance
+    rtol = 1e-6 if not warm_start else 5e-2
+    assert torch.allclose(v, v_ref, rtol=rtol, atol=1e-6)
+    assert (g - g_ref).norm() <= 5 * rtol * g_ref.norm() + 1e-6

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import deepinv as dinv
@@ -112,14 +114,24 @@ def test_two_call_ei_gradient_with_deq_adapter_matches_unrolled_reference(dtype6
     physics = tomography(torch.float64)
     y = physics(images(torch.float64))
     deq = tight_deq()
-    _, g_deq = loss_and_grad(deq, deq, [dinv.loss.MCLoss(), DEQEILoss(rot90, apply_noise=False)], y, physics)
+    losses = [dinv.loss.MCLoss(), DEQEILoss(rot90, apply_noise=False, warm_start=True)]
+    _, g_deq = loss_and_grad(deq, deq, losses, y, physics)
     ref_losses = [dinv.loss.MCLoss(), dinv.loss.EILoss(rot90, apply_noise=False)]
     _, g_ref = loss_and_grad(Unrolled(deq, 80), deq, ref_losses, y, physics)
     assert torch.nn.functional.cosine_similarity(g_deq, g_ref, dim=0) >= 0.99999
 
 
-def _pairs(physics):
+class RecordingDEQ(DEQ):
+    """A DEQ that records the ``init`` of every call."""
+
+    def forward(self, y, physics, init=None, **kwargs):
+        self.inits = getattr(self, "inits", []) + [init]
+        return super().forward(y, physics, init=init, **kwargs)
+
+
+def _pairs(physics, warm_start=True):
     # every loss gets its own generators, seeded alike, so both members of a pair draw the same g
+    w = dict(warm_start=warm_start)
     def rot():
         return dinv.transform.Rotate(multiples=90, positive=True, rng=torch.Generator().manual_seed(0))
 
@@ -130,34 +142,50 @@ def _pairs(physics):
         return torch.Generator().manual_seed(1)
 
     return {
-        "ei": (dinv.loss.EILoss(rot()), DEQEILoss(rot())),
+        "ei": (dinv.loss.EILoss(rot()), DEQEILoss(rot(), **w)),
         "ei_shift_no_grad": (
             dinv.loss.EILoss(shift(), no_grad=True, weight=0.5),
-            DEQEILoss(shift(), no_grad=True, weight=0.5),
+            DEQEILoss(shift(), no_grad=True, weight=0.5, **w),
         ),
         "moei": (
             dinv.loss.MOEILoss(rot(), physics=[physics, physics], rng=gen()),
-            DEQMOEILoss(rot(), physics=[physics, physics], rng=gen()),
+            DEQMOEILoss(rot(), physics=[physics, physics], rng=gen(), **w),
         ),
         "sure": (
             dinv.loss.SureGaussianLoss(sigma=0.05, tau=1e-2, rng=torch.Generator().manual_seed(2)),
-            DEQSureGaussianLoss(sigma=0.05, tau=1e-2, rng=torch.Generator().manual_seed(2)),
+            DEQSureGaussianLoss(sigma=0.05, tau=1e-2, rng=torch.Generator().manual_seed(2), **w),
         ),
     }
 
 
+@pytest.mark.parametrize("warm_start", [False, True])
 @pytest.mark.parametrize("name", ["ei", "ei_shift_no_grad", "moei", "sure"])
-def test_adapters_are_deepinv_losses_for_non_deq_models(name):
+def test_adapters_are_deepinv_losses_for_non_deq_models(name, warm_start):
     physics = tomography(sigma=0.05)
     y = physics(images())
     model = LinearRecon()
     assert not is_deq(model)
-    plain, ours = _pairs(physics)[name]
+    plain, ours = _pairs(physics, warm_start)[name]
     assert isinstance(ours, type(plain))
     v_plain, g_plain = loss_and_grad(model, model, [plain], y, physics, seed=3)
     v_ours, g_ours = loss_and_grad(model, model, [ours], y, physics, seed=3)
     assert torch.equal(v_plain, v_ours)
     assert torch.equal(g_plain, g_ours)
+
+
+@pytest.mark.parametrize("name", ["ei", "ei_shift_no_grad", "moei", "sure"])
+def test_adapters_default_to_deepinv_losses_for_deq(name):
+    """Cold start by default: the value and gradient of deepinv's loss, bit for bit, and no init."""
+    physics = tomography(sigma=0.05)
+    y = physics(images())
+    model = RecordingDEQ(denoiser=Denoiser(), stepsize=0.9, max_iter=100, tol=1e-5)
+    plain, ours = _pairs(physics, warm_start=False)[name]
+    assert ours.warm_start is False
+    v_plain, g_plain = loss_and_grad(model, model, [plain], y, physics, seed=3)
+    v_ours, g_ours = loss_and_grad(model, model, [ours], y, physics, seed=3)
+    assert torch.equal(v_plain, v_ours)
+    assert torch.equal(g_plain, g_ours)
+    assert all(init is None for init in model.inits)
 
 
 @pytest.mark.parametrize("name", ["ei", "moei", "sure"])
@@ -173,20 +201,12 @@ def test_adapters_gradient_equals_unadapted_loss_for_deq(name, dtype64):
     assert torch.linalg.vector_norm(g_plain - g_ours) <= 1e-7 * torch.linalg.vector_norm(g_plain)
 
 
-class RecordingDEQ(DEQ):
-    """A DEQ that records the ``init`` of every call."""
-
-    def forward(self, y, physics, init=None, **kwargs):
-        self.inits = getattr(self, "inits", []) + [init]
-        return super().forward(y, physics, init=init, **kwargs)
-
-
 def test_ei_extra_solve_is_initialised_at_detached_transformed_reconstruction():
     physics = tomography()
     model = RecordingDEQ(denoiser=Denoiser(), stepsize=0.9, max_iter=30, tol=1e-4)
     y = physics(images())
     x_net = model(y, physics)
-    DEQEILoss(rot90)(x_net=x_net, physics=physics, model=model)
+    DEQEILoss(rot90, warm_start=True)(x_net=x_net, physics=physics, model=model)
     assert model.inits[0] is None and len(model.inits) == 2
     assert torch.equal(model.inits[1], rot90(x_net)) and not model.inits[1].requires_grad
 
@@ -201,11 +221,11 @@ def test_ei_warm_start_solves_at_once_for_an_equivariant_consistent_model():
     y = images()
     x_net = model(y, physics)
     nfe = {}
-    for name, cls in (("cold", dinv.loss.EILoss), ("warm", DEQEILoss)):
+    for name, cls in (("cold", dinv.loss.EILoss), ("warm", partial(DEQEILoss, warm_start=True))):
         loss = cls(dinv.transform.Shift(rng=torch.Generator().manual_seed(0)))
         value = loss(x_net=x_net, physics=physics, model=model)
         nfe[name] = model.forward_stats.nfe
-        assert model.forward_stats.all_converged and float(value) < 1e-10
+        assert model.forward_stats.all_converged and float(value.detach()) < 1e-10
     assert nfe["warm"] == 1 < nfe["cold"]
 
 
@@ -215,11 +235,42 @@ def test_sure_perturbed_solve_starts_at_reconstruction():
     model = DEQ(denoiser=Denoiser(), stepsize=0.9, max_iter=100, tol=1e-5, solver="fixed_point")
     x_net = model(y, physics)
     nfe = {}
-    for name, cls in (("cold", dinv.loss.SureGaussianLoss), ("warm", DEQSureGaussianLoss)):
+    for name, cls in (("cold", dinv.loss.SureGaussianLoss), ("warm", partial(DEQSureGaussianLoss, warm_start=True))):
         loss = cls(sigma=0.05, tau=1e-3, rng=torch.Generator().manual_seed(0))
         loss(y=y, x_net=x_net, physics=physics, model=model)
         nfe[name] = model.forward_stats.nfe
     assert nfe["warm"] < nfe["cold"]
+
+
+def test_warm_and_cold_ei_differ_when_the_fixed_point_is_not_unique():
+    """Identity denoiser on inpainting: every x with Ax = y is a fixed point of the PGD map. Started
+    at T_g x_hat, the warm solve returns T_g x_hat and the EI term vanishes; the cold solve (the
+    default, deepinv's objective) returns A^T A T_g x_hat and the EI term does not."""
+    physics = dinv.physics.Inpainting(img_size=(1, N, N), mask=0.5)
+    model = DEQ(denoiser=lambda x, sigma: x, stepsize=1.0, max_iter=50, tol=1e-6)
+    y = physics(images())
+    x_net = model(y, physics)
+    assert model.forward_stats.all_converged
+    values = {}
+    for name, loss in (
+        ("deepinv", dinv.loss.EILoss(rot90, apply_noise=False)),
+        ("cold", DEQEILoss(rot90, apply_noise=False)),
+        ("warm", DEQEILoss(rot90, apply_noise=False, warm_start=True)),
+    ):
+        values[name] = float(loss(x_net=x_net, physics=physics, model=model))
+        assert model.forward_stats.all_converged
+    t = rot90(x_net)
+    expected = float(torch.nn.functional.mse_loss(physics.A_adjoint(physics.A(t)), t))
+    assert values["deepinv"] == values["cold"] == pytest.approx(expected, rel=1e-5)
+    assert expected > 1e-2
+    assert values["warm"] < 1e-10
+
+
+@pytest.mark.parametrize("cls", [DEQEILoss, DEQMOEILoss, DEQSureGaussianLoss])
+def test_warm_start_option_is_validated(cls):
+    args = {DEQEILoss: (rot90,), DEQMOEILoss: (rot90, [dinv.physics.Denoising()]), DEQSureGaussianLoss: (0.1,)}
+    with pytest.raises(ValueError, match="warm_start"):
+        cls(*args[cls], warm_start="yes")
 
 
 class LinearMap(torch.nn.Module):
