@@ -67,12 +67,28 @@ rst_prolog = """
 
 """
 
+# -- generated includes ----------------------------------------------------------------------------
+# The size-preset table of the command line, from deepinv_deq/experiments/configs.py (the same text
+# as `deepinv-deq --help`); written only when it changes, so rebuilds stay incremental.
+from deepinv_deq.experiments.cli import preset_table  # noqa: E402
+
+_GENERATED = Path(__file__).resolve().parent / "_generated"
+_GENERATED.mkdir(exist_ok=True)
+_presets = _GENERATED / "presets.rst"
+if not _presets.exists() or _presets.read_text() != preset_table("rst"):
+    _presets.write_text(preset_table("rst"))
+exclude_patterns.append("_generated")
+
 # -- autodoc / autosummary ------------------------------------------------------------------------
 autosummary_generate = True
 autosummary_imported_members = False
 autodoc_default_options = {"member-order": "bysource"}
 autodoc_typehints = "none"  # the :param type name: fields already give the types
 autodoc_class_signature = "mixed"
+# signatures show the defaults as written in the code (``1e-4``, not ``0.0001``)
+autodoc_preserve_defaults = True
+#: torch.nn.Module plumbing that our classes override but users never call
+_HIDDEN_MEMBERS = {"extra_repr"}
 add_module_names = False
 
 # -- links to deepinv and PyTorch (offline: plain external links) ---------------------------------
@@ -125,8 +141,22 @@ def _external_reference(app, env, node, contnode):
     return ref
 
 
+def _skip_member(app, what, name, obj, skip, options):
+    return True if name in _HIDDEN_MEMBERS else None
+
+
+def _signature(app, what, name, obj, options, signature, return_annotation):
+    """Drop ``**unknown`` from signatures: it only collects misspelled options to reject them with a
+    clear error, it accepts nothing."""
+    if signature and "**unknown" in signature:
+        signature = signature.replace(", **unknown", "").replace("(**unknown)", "()")
+    return signature, return_annotation
+
+
 def setup(app):
     app.connect("missing-reference", _external_reference)
+    app.connect("autodoc-skip-member", _skip_member)
+    app.connect("autodoc-process-signature", _signature)
 
 
 # -- sphinx-gallery -------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def _verbosity(p: argparse.ArgumentParser) -> None:
     v.add_argument("-q", "--quiet", action="store_true",
                    help="print only the final table, the files written and errors (no progress)")
     v.add_argument("-v", "--verbose", action="store_true",
-                   help="also show deepinv's own messages (trainer chatter, parameter counts)")
+                   help="print more: the training curves and deepinv's own messages")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (messages stay)")
 
 
@@ -172,6 +172,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     _machine(d)
     d.add_argument("--out", default=DEFAULT_OUT, metavar="FOLDER",
                    help="output folder; runs found there are resumed (default: ./%(default)s)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="train the selected runs again from scratch (their folders in --out are replaced)")
 
 
 def _machine(g) -> None:
@@ -389,19 +391,20 @@ def _runs(args, error) -> list[tuple[str, str, str]]:
     return runs
 
 
-def _run_kwargs(run, args) -> dict:
+def _run_kwargs(run, args, index: int, total: int, task: str, method: str, regime: str) -> dict:
     """Options of :func:`~deepinv_deq.experiments.runner.run` this runner version supports."""
     params = inspect.signature(run).parameters
-    wanted = {"verbose": args.verbose, "overwrite": getattr(args, "overwrite", False)}
+    wanted = {"verbose": args.verbose, "overwrite": args.overwrite,
+              "label": f"run {index}/{total}: {task} {method}" + ("" if regime == "none" else f" {regime}")}
     return {k: v for k, v in wanted.items() if k in params and v}
 
 
 def _grid(cfg, out, runs, progress, log, args):
     from .runner import run
 
-    kwargs = _run_kwargs(run, args)
-    return [run(task, method, regime, cfg, out, progress=progress, log=log, **kwargs)
-            for task, method, regime in runs]
+    return [run(task, method, regime, cfg, out, progress=progress, log=log,
+                **_run_kwargs(run, args, i, len(runs), task, method, regime))
+            for i, (task, method, regime) in enumerate(runs, 1)]
 
 
 def _report(results, cfg, out: Path, name: str, log, say, figures: bool = True) -> None:
