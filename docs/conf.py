@@ -54,7 +54,13 @@ except ImportError:  # pragma: no cover
     pass
 
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "auto_examples/*.ipynb", "**.ipynb_checkpoints"]
+exclude_patterns = [
+    "_build",
+    "Thumbs.db",
+    ".DS_Store",
+    "auto_examples/*.ipynb",
+    "**.ipynb_checkpoints",
+]
 source_suffix = {".rst": "restructuredtext"}
 root_doc = "index"
 
@@ -114,7 +120,9 @@ def _external_url(target: str, reftype: str) -> str | None:
         return f"{TORCH_DOCS}/generated/torch.no_grad.html"
     if target.startswith("torch."):
         if reftype == "mod":
-            return f"{TORCH_DOCS}/{target[len('torch.'):]}.html" if target.count(".") == 1 else None
+            return (
+                f"{TORCH_DOCS}/{target[len('torch.') :]}.html" if target.count(".") == 1 else None
+            )
         if reftype in ("meth", "attr"):
             owner = target.rsplit(".", 1)[0]
             return f"{TORCH_DOCS}/generated/{owner}.html#{target}"
@@ -169,7 +177,9 @@ sphinx_gallery_conf = {
     "ignore_pattern": r"__init__\.py",
     "abort_on_example_error": True,
     # DEEPINV_DEQ_DOCS_PLOT_GALLERY=0 builds the pages without running the examples (quick drafts)
-    "plot_gallery": str(os.environ.get("DEEPINV_DEQ_DOCS_PLOT_GALLERY", "1").lower() not in ("0", "false", "no")),
+    "plot_gallery": str(
+        os.environ.get("DEEPINV_DEQ_DOCS_PLOT_GALLERY", "1").lower() not in ("0", "false", "no")
+    ),
     "within_subsection_order": "FileNameSortKey",
     "backreferences_dir": "gen_modules/backreferences",
     "doc_module": ("deepinv_deq",),

@@ -34,10 +34,17 @@ pytestmark = pytest.mark.skipif(
 
 def _run(cmd, cwd=None, check=True):
     proc = subprocess.run(
-        [str(c) for c in cmd], capture_output=True, text=True, cwd=cwd, stdin=subprocess.DEVNULL, timeout=600
+        [str(c) for c in cmd],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        timeout=600,
     )
     if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} exited with {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        pytest.fail(
+            f"{' '.join(map(str, cmd))} exited with {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -60,7 +67,9 @@ def _dependency_paths() -> list[str]:
         path = Path(entry or ".").resolve()
         inside_checkout = path == REPO or REPO in path.parents
         # keep a virtual environment living in the checkout (.venv, .venv-ci)
-        if not path.is_dir() or (inside_checkout and path.name not in ("site-packages", "dist-packages")):
+        if not path.is_dir() or (
+            inside_checkout and path.name not in ("site-packages", "dist-packages")
+        ):
             continue
         paths.append(str(path))
     return paths
@@ -70,7 +79,9 @@ def _ours(name: str) -> bool:
     """Whether a site-packages entry belongs to an installed deepinv-deq (package, hook, launcher,
     metadata, editable-install path file)."""
     name = name.lower().replace("-", "_")
-    return name.lstrip("_").startswith("deepinv_deq") or (name.startswith("__editable__") and "deepinv_deq" in name)
+    return name.lstrip("_").startswith("deepinv_deq") or (
+        name.startswith("__editable__") and "deepinv_deq" in name
+    )
 
 
 def _borrow(path: Path, into: Path) -> Path:
@@ -94,7 +105,9 @@ def _make_venv(root: Path):
     python = root / "bin" / "python"
     code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     purelib = Path(_run([python, "-c", code]).stdout.strip()).resolve()
-    borrowed = [_borrow(Path(p), root / "borrowed" / str(i)) for i, p in enumerate(_dependency_paths())]
+    borrowed = [
+        _borrow(Path(p), root / "borrowed" / str(i)) for i, p in enumerate(_dependency_paths())
+    ]
     (purelib / "zz_borrowed_dependencies.pth").write_text("\n".join(map(str, borrowed)) + "\n")
     return python, purelib
 
@@ -140,7 +153,9 @@ def test_wheel_contents(wheel):
     assert f"{HOOK}.py" in names and f"{LAUNCHER}.py" in names
     # every module of the package (subpackages included) is in the wheel
     sources = {
-        p.relative_to(REPO).as_posix() for p in (REPO / "deepinv_deq").rglob("*.py") if "__pycache__" not in p.parts
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / "deepinv_deq").rglob("*.py")
+        if "__pycache__" not in p.parts
     }
     assert sources and sources <= names, sources - names
     assert "[deepinv.plugins]" in entry_points
@@ -170,7 +185,9 @@ def test_regular_install_autoloads_and_uninstalls_cleanly(wheel, tmp_path):
 
     _run(_pip("--python", python, "uninstall", "-y", "deepinv-deq"))
     assert not (purelib / PTH).exists() and not (purelib / f"{HOOK}.py").exists()
-    assert not (purelib / f"{LAUNCHER}.py").exists() and not (python.parent / "deepinv-deq").exists()
+    assert (
+        not (purelib / f"{LAUNCHER}.py").exists() and not (python.parent / "deepinv-deq").exists()
+    )
     code = "import sys; print(any(getattr(f, '_deepinv_deq_autoload', 0) for f in sys.meta_path), '%s' in sys.modules)"
     assert _run([python, "-c", code % HOOK], cwd=tmp_path).stdout.split() == ["False", "False"]
 
@@ -180,7 +197,18 @@ def test_editable_install_autoloads_from_the_checkout(tmp_path):
     if not _pip_supports_python_option():
         pytest.skip("pip too old for --python")
     python, purelib = _make_venv(tmp_path / "venv")
-    _run(_pip("--python", python, "install", "--no-deps", "--no-build-isolation", "--no-index", "-e", REPO))
+    _run(
+        _pip(
+            "--python",
+            python,
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-e",
+            REPO,
+        )
+    )
     # the hook ships with editable installs too (hatchling force-include) ...
     assert (purelib / PTH).is_file()
 

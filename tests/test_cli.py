@@ -25,10 +25,17 @@ def test_demo_writes_tables_and_figure(tmp_path, capsys, monkeypatch):
     assert status == 0
     for name in ("demo.md", "demo.csv", "demo.json", "figure_ct.png", "experiment.json"):
         assert (tmp_path / name).stat().st_size > 0, name
-    assert "| CT | deq | EI (MC + EI) |" in out and "| CT | deq | EI (MC + EI) |" in (tmp_path / "demo.md").read_text()
+    assert (
+        "| CT | deq | EI (MC + EI) |" in out
+        and "| CT | deq | EI (MC + EI) |" in (tmp_path / "demo.md").read_text()
+    )
     with open(tmp_path / "demo.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["method"], r["regime"]) for r in rows] == [("deq", "ei"), ("unet", "sup"), ("pinv", "none")]
+    assert [(r["method"], r["regime"]) for r in rows] == [
+        ("deq", "ei"),
+        ("unet", "sup"),
+        ("pinv", "none"),
+    ]
     runs = json.loads((tmp_path / "demo.json").read_text())["runs"]
     assert all(len(r["psnr"]) == 2 for r in runs)  # tiny: 2 test images
     assert (tmp_path / "figure_ct.png").read_bytes()[:4] == b"\x89PNG"
@@ -43,9 +50,13 @@ def test_demo_writes_tables_and_figure(tmp_path, capsys, monkeypatch):
 
 def test_train_table_eval(tmp_path, capsys):
     args = [*TINY, "--out", str(tmp_path)]
-    status, out = _main(["train", "--task", "mri", "--method", "unrolled", "--regime", "mc", *args], capsys)
+    status, out = _main(
+        ["train", "--task", "mri", "--method", "unrolled", "--regime", "mc", *args], capsys
+    )
     assert status == 0 and (tmp_path / "mri" / "unrolled-mc" / "result.json").exists()
-    status, out = _main(["table", "--tasks", "mri", "--methods", "unrolled,pinv", "--regimes", "mc", *args], capsys)
+    status, out = _main(
+        ["table", "--tasks", "mri", "--methods", "unrolled,pinv", "--regimes", "mc", *args], capsys
+    )
     assert status == 0 and "skipped" in out  # the run trained above is reused
     assert (tmp_path / "results.md").exists() and (tmp_path / "figure_mri.png").exists()
     trained = json.loads((tmp_path / "mri" / "unrolled-mc" / "result.json").read_text())
@@ -59,11 +70,23 @@ def test_train_table_eval(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "--task", "ct", "--method", "deqq", "--regime", "ei"], "argument --method: invalid choice"),
-        (["train", "--task", "pet", "--method", "deq", "--regime", "ei"], "argument --task: invalid choice"),
-        (["train", "--task", "ct", "--method", "deq", "--regime", "self"], "argument --regime: invalid choice"),
+        (
+            ["train", "--task", "ct", "--method", "deqq", "--regime", "ei"],
+            "argument --method: invalid choice",
+        ),
+        (
+            ["train", "--task", "pet", "--method", "deq", "--regime", "ei"],
+            "argument --task: invalid choice",
+        ),
+        (
+            ["train", "--task", "ct", "--method", "deq", "--regime", "self"],
+            "argument --regime: invalid choice",
+        ),
         (["train", "--task", "ct", "--method", "deq"], "--regime is required"),
-        (["train", "--task", "ct", "--method", "pinv", "--regime", "sup"], "--regime: method 'pinv'"),
+        (
+            ["train", "--task", "ct", "--method", "pinv", "--regime", "sup"],
+            "--regime: method 'pinv'",
+        ),
         (["table", "--methods", "deq,foo"], "--methods must be one of"),
         (["demo", "--size", "huge"], "argument --size: invalid choice"),
         (["demo", "--img-size", "4"], "--img-size must be >= 8, got 4"),
@@ -102,19 +125,27 @@ def test_eval_without_runs(tmp_path, capsys):
     assert e.value.code == 2 and "no trained run found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option", [["--epochs", "5"], ["--lr=5"], ["--seed", "7"], ["--size", "tiny"]])
+@pytest.mark.parametrize(
+    "option", [["--epochs", "5"], ["--lr=5"], ["--seed", "7"], ["--size", "tiny"]]
+)
 def test_eval_refuses_training_options(option, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["eval", "--out", str(tmp_path), *option])
     err = capsys.readouterr().err
     assert e.value.code == 2
-    assert f"{option[0].split('=')[0]} is not an eval option" in err and "usage: deepinv-deq eval" in err
+    assert (
+        f"{option[0].split('=')[0]} is not an eval option" in err
+        and "usage: deepinv-deq eval" in err
+    )
 
 
 def test_out_must_be_a_writable_folder(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    for out, message in ((blocker, "exists and is not a folder"), (blocker / "sub", "cannot create")):
+    for out, message in (
+        (blocker, "exists and is not a folder"),
+        (blocker / "sub", "cannot create"),
+    ):
         with pytest.raises(SystemExit) as e:
             cli.main(["demo", "--size", "tiny", "--out", str(out)])
         assert e.value.code == 2 and message in capsys.readouterr().err
@@ -144,7 +175,9 @@ def test_preset_table_lists_every_preset():
 
     text, rst = cli.preset_table(), cli.preset_table("rst")
     for name, preset in PRESETS.items():
-        assert any(line.split()[:2] == [name, str(preset["img_size"])] for line in text.splitlines())
+        assert any(
+            line.split()[:2] == [name, str(preset["img_size"])] for line in text.splitlines()
+        )
         assert f"   * - {name}\n" in rst
     with pytest.raises(ValueError, match="fmt"):
         cli.preset_table("html")
@@ -184,9 +217,17 @@ def _launch(run_python, argv):
     return json.loads(result), proc.stdout, "\n".join(err)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["--version"],
-                                  ["train", "--task", "ct", "--method", "deq"],
-                                  ["demo", "--img-size", "4"], ["eval", "--epochs", "5"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["train", "--help"],
+        ["--version"],
+        ["train", "--task", "ct", "--method", "deq"],
+        ["demo", "--img-size", "4"],
+        ["eval", "--epochs", "5"],
+    ],
+)
 def test_launcher_parses_without_torch(run_python, argv):
     result, out, err = _launch(run_python, argv)
     assert result["heavy"] == [], result
@@ -197,10 +238,14 @@ def test_launcher_parses_without_torch(run_python, argv):
 
 def test_missing_data_folder_is_one_line_error_and_creates_nothing(run_python, tmp_path):
     out = tmp_path / "results"
-    result, stdout, err = _launch(run_python, ["demo", "--data", "/nonexistent/folder", "--out", str(out)])
+    result, stdout, err = _launch(
+        run_python, ["demo", "--data", "/nonexistent/folder", "--out", str(out)]
+    )
     assert result == {"status": 2, "heavy": []}
-    assert err.splitlines()[-1] == ("deepinv-deq demo: error: --data: no such folder: "
-                                    "'/nonexistent/folder' (use 'phantoms' or a folder of real data)")
+    assert err.splitlines()[-1] == (
+        "deepinv-deq demo: error: --data: no such folder: "
+        "'/nonexistent/folder' (use 'phantoms' or a folder of real data)"
+    )
     assert len(err.splitlines()) == 2 and stdout == ""
     assert not out.exists()
 
@@ -214,9 +259,12 @@ def test_console_script_is_installed_and_fast():
 
 
 def test_python_m_entry_point(run_python):
-    proc = run_python("import runpy, sys; sys.argv=['deepinv_deq', '--help']; "
-                      "runpy.run_module('deepinv_deq', run_name='__main__')", check=False,
-                      cwd=__import__("pathlib").Path(__file__).parents[1])
+    proc = run_python(
+        "import runpy, sys; sys.argv=['deepinv_deq', '--help']; "
+        "runpy.run_module('deepinv_deq', run_name='__main__')",
+        check=False,
+        cwd=__import__("pathlib").Path(__file__).parents[1],
+    )
     assert proc.returncode == 0, proc.stderr
     assert "{demo,train,eval,table}" in proc.stdout
 

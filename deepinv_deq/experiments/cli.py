@@ -31,18 +31,25 @@ from .configs import FIXED, METHODS, PRESETS, REGIMES, TASKS, ExperimentConfig
 
 DEFAULT_OUT = "deepinv_deq_results"
 #: (method, regime) pairs of ``deepinv-deq demo`` on CT (defined with the presets).
-DEMO_RUNS = getattr(configs, "DEMO_RUNS", (
-    ("pinv", "none"),
-    ("pnp-tv", "none"),
-    ("deq", "sup"),
-    ("deq", "ei"),
-    ("deq-jfb", "ei"),
-    ("unrolled", "ei"),
-    ("unet", "sup"),
-))
+DEMO_RUNS = getattr(
+    configs,
+    "DEMO_RUNS",
+    (
+        ("pinv", "none"),
+        ("pnp-tv", "none"),
+        ("deq", "sup"),
+        ("deq", "ei"),
+        ("deq-jfb", "ei"),
+        ("unrolled", "ei"),
+        ("unet", "sup"),
+    ),
+)
 #: default preset of each command.
-DEFAULT_SIZE = {"demo": "demo", "train": "cpu" if "cpu" in PRESETS else "repro",
-                "table": "cpu" if "cpu" in PRESETS else "repro"}
+DEFAULT_SIZE = {
+    "demo": "demo",
+    "train": "cpu" if "cpu" in PRESETS else "repro",
+    "table": "cpu" if "cpu" in PRESETS else "repro",
+}
 #: settings that have their own option (not generated from :class:`ExperimentConfig`).
 _OWN_OPTIONS = ("data", "seed", "device")
 #: choices of the settings that have a fixed set of values.
@@ -82,14 +89,29 @@ def preset_table(fmt: str = "text") -> str:
     :param str fmt: ``"text"`` (for ``--help``) or ``"rst"`` (a list-table for the docs).
     """
     notes = _preset_notes()
-    header = ("preset", "image", "train / test images", "epochs", "seeds", "what runs, time on 2 CPU cores")
+    header = (
+        "preset",
+        "image",
+        "train / test images",
+        "epochs",
+        "seeds",
+        "what runs, time on 2 CPU cores",
+    )
     rows = []
     for name, p in PRESETS.items():
         size = str(p.get("img_size", "?"))
         if p.get("mri_img_size"):
             size += f" (MRI {p['mri_img_size']})"
-        rows.append((name, size, f"{p.get('n_train', '?')} / {p.get('n_test', '?')}",
-                     str(p.get("epochs", "?")), str(p.get("seeds", 1)), notes.get(name, "not measured")))
+        rows.append(
+            (
+                name,
+                size,
+                f"{p.get('n_train', '?')} / {p.get('n_test', '?')}",
+                str(p.get("epochs", "?")),
+                str(p.get("seeds", 1)),
+                notes.get(name, "not measured"),
+            )
+        )
     if fmt == "rst":
         lines = [".. list-table:: Size presets (``--size``)", "   :header-rows: 1", ""]
         for row in (header, *rows):
@@ -134,10 +156,18 @@ def _positive_int(text: str) -> int:
 def _verbosity(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     v = g.add_mutually_exclusive_group()
-    v.add_argument("-q", "--quiet", action="store_true",
-                   help="print only the final table, the files written and errors (no progress)")
-    v.add_argument("-v", "--verbose", action="store_true",
-                   help="print more: the training curves and deepinv's own messages")
+    v.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the final table, the files written and errors (no progress)",
+    )
+    v.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print more: the training curves and deepinv's own messages",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars (messages stay)")
 
 
@@ -145,10 +175,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     """Options shared by demo, train and table: settings, data, output, machine."""
     helps = _setting_help()
     g = p.add_argument_group(
-        "experiment settings", "Each default comes from the --size preset (table below); an option "
-        "overrides that one setting.")
-    g.add_argument("--size", choices=list(PRESETS), metavar="PRESET",
-                   help=f"size preset, one of {', '.join(PRESETS)} (default: %(default)s)")
+        "experiment settings",
+        "Each default comes from the --size preset (table below); an option "
+        "overrides that one setting.",
+    )
+    g.add_argument(
+        "--size",
+        choices=list(PRESETS),
+        metavar="PRESET",
+        help=f"size preset, one of {', '.join(PRESETS)} (default: %(default)s)",
+    )
     for f in dataclasses.fields(ExperimentConfig):
         if f.name in _OWN_OPTIONS:
             continue
@@ -161,30 +197,57 @@ def _common(p: argparse.ArgumentParser) -> None:
             g.add_argument(flag, choices=_CHOICES[f.name], help=text)
         else:
             conv = {"int": int, "float": float}.get(kind, str)
-            g.add_argument(flag, type=conv, metavar={"int": "N", "float": "X"}.get(kind, "VALUE"),
-                           help=text)
+            g.add_argument(
+                flag, type=conv, metavar={"int": "N", "float": "X"}.get(kind, "VALUE"), help=text
+            )
     d = p.add_argument_group("data, output and machine")
-    d.add_argument("--data", default="phantoms", metavar="FOLDER",
-                   help="'phantoms' (offline procedural phantoms, the default) or a local folder of "
-                        "real data: LIDC-IDRI (metadata.csv + DICOM) for ct, fastMRI .h5 files for mri")
-    d.add_argument("--seed", type=int, default=0, help="first seed of data, noise, masks and "
-                   "initialisation (default: %(default)s)")
+    d.add_argument(
+        "--data",
+        default="phantoms",
+        metavar="FOLDER",
+        help="'phantoms' (offline procedural phantoms, the default) or a local folder of "
+        "real data: LIDC-IDRI (metadata.csv + DICOM) for ct, fastMRI .h5 files for mri",
+    )
+    d.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="first seed of data, noise, masks and initialisation (default: %(default)s)",
+    )
     _machine(d)
-    d.add_argument("--out", default=DEFAULT_OUT, metavar="FOLDER",
-                   help="output folder; runs found there are resumed (default: ./%(default)s)")
-    d.add_argument("--overwrite", action="store_true",
-                   help="train the selected runs again from scratch (their folders in --out are replaced)")
+    d.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="FOLDER",
+        help="output folder; runs found there are resumed (default: ./%(default)s)",
+    )
+    d.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train the selected runs again from scratch (their folders in --out are replaced)",
+    )
 
 
 def _machine(g) -> None:
-    g.add_argument("--device", default="cpu", metavar="DEVICE",
-                   help="torch device: cpu, cuda or cuda:N (default: %(default)s)")
-    g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                   help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
+    g.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEVICE",
+        help="torch device: cpu, cuda or cuda:N (default: %(default)s)",
+    )
+    g.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)",
+    )
 
 
-_RESUME = ("Runs are resumable: finished runs in --out are skipped, an interrupted run continues from "
-           "its last checkpoint (Ctrl-C stops cleanly).")
+_RESUME = (
+    "Runs are resumable: finished runs in --out are skipped, an interrupted run continues from "
+    "its last checkpoint (Ctrl-C stops cleanly)."
+)
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -193,8 +256,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     p = argparse.ArgumentParser(
         prog="deepinv-deq",
         description="Equivariant deep equilibrium models (deepinv-deq): the paper's experiments "
-                    "on CPU or GPU, with offline data.",
-        epilog=presets + "\n\n" + _RESUME + "\nRun 'deepinv-deq COMMAND --help' for a command's options.",
+        "on CPU or GPU, with offline data.",
+        epilog=presets
+        + "\n\n"
+        + _RESUME
+        + "\nRun 'deepinv-deq COMMAND --help' for a command's options.",
         formatter_class=fmt,
     )
     p.add_argument("--version", action="version", version=_version())
@@ -203,51 +269,92 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     demo_runs = ", ".join(m if r == "none" else f"{m} ({r})" for m, r in DEMO_RUNS)
     parsers = {
         "demo": sub.add_parser(
-            "demo", help="the paper's key runs on CT at a CPU size (see the presets below)",
+            "demo",
+            help="the paper's key runs on CT at a CPU size (see the presets below)",
             description=f"Trains and evaluates on sparse-view CT: {demo_runs}; prints the table and "
-                        "writes the figures. " + _RESUME,
+            "writes the figures. " + _RESUME,
             usage="deepinv-deq demo [--size PRESET] [--out FOLDER] [options]",
-            epilog=presets, formatter_class=fmt),
+            epilog=presets,
+            formatter_class=fmt,
+        ),
         "train": sub.add_parser(
-            "train", help="train and evaluate one method on one task",
+            "train",
+            help="train and evaluate one method on one task",
             description="Trains (unless done before) and evaluates one run. " + _RESUME,
             usage="deepinv-deq train --task {ct,mri} --method METHOD [--regime {sup,ei,mc}] [options]",
-            epilog=presets, formatter_class=fmt),
+            epilog=presets,
+            formatter_class=fmt,
+        ),
         "eval": sub.add_parser(
-            "eval", help="evaluate the trained runs in --out again",
+            "eval",
+            help="evaluate the trained runs in --out again",
             description="Re-evaluates every trained run found in --out with its stored settings. "
-                        "Training options are refused.",
+            "Training options are refused.",
             usage="deepinv-deq eval [--out FOLDER] [--n-test N] [--device DEVICE] [--threads N]",
-            formatter_class=fmt),
+            formatter_class=fmt,
+        ),
         "table": sub.add_parser(
-            "table", help="the comparison table: every method x regime on the chosen tasks",
+            "table",
+            help="the comparison table: every method x regime on the chosen tasks",
             description="Trains and evaluates every method in every regime. " + _RESUME,
             usage="deepinv-deq table [--tasks LIST] [--methods LIST] [--regimes LIST] [options]",
-            epilog=presets, formatter_class=fmt),
+            epilog=presets,
+            formatter_class=fmt,
+        ),
     }
     t = parsers["train"].add_argument_group("run")
-    t.add_argument("--task", required=True, choices=TASKS, help="ct (sparse-view CT) or mri (accelerated MRI)")
-    t.add_argument("--method", required=True, choices=list(METHODS), metavar="METHOD",
-                   help="; ".join(f"{k}: {v}" for k, v in METHODS.items()).replace("%", "%%"))
-    t.add_argument("--regime", choices=REGIMES,
-                   help="training regime of the trained methods: sup (supervised), ei (MC + EI), "
-                        f"mc (measurement consistency only); none for {', '.join(FIXED)}")
+    t.add_argument(
+        "--task", required=True, choices=TASKS, help="ct (sparse-view CT) or mri (accelerated MRI)"
+    )
+    t.add_argument(
+        "--method",
+        required=True,
+        choices=list(METHODS),
+        metavar="METHOD",
+        help="; ".join(f"{k}: {v}" for k, v in METHODS.items()).replace("%", "%%"),
+    )
+    t.add_argument(
+        "--regime",
+        choices=REGIMES,
+        help="training regime of the trained methods: sup (supervised), ei (MC + EI), "
+        f"mc (measurement consistency only); none for {', '.join(FIXED)}",
+    )
     tb = parsers["table"].add_argument_group("which runs")
-    tb.add_argument("--tasks", default="all", metavar="LIST",
-                    help=f"comma-separated among {', '.join(TASKS)} (default: all)")
-    tb.add_argument("--methods", default="all", metavar="LIST",
-                    help=f"comma-separated among {', '.join(METHODS)} (default: all)")
-    tb.add_argument("--regimes", default="all", metavar="LIST",
-                    help=f"comma-separated among {', '.join(REGIMES)} (default: all)")
+    tb.add_argument(
+        "--tasks",
+        default="all",
+        metavar="LIST",
+        help=f"comma-separated among {', '.join(TASKS)} (default: all)",
+    )
+    tb.add_argument(
+        "--methods",
+        default="all",
+        metavar="LIST",
+        help=f"comma-separated among {', '.join(METHODS)} (default: all)",
+    )
+    tb.add_argument(
+        "--regimes",
+        default="all",
+        metavar="LIST",
+        help=f"comma-separated among {', '.join(REGIMES)} (default: all)",
+    )
     for name in ("demo", "train", "table"):
         _common(parsers[name])
         _verbosity(parsers[name])
         parsers[name].set_defaults(size=DEFAULT_SIZE[name])
     e = parsers["eval"].add_argument_group("options")
-    e.add_argument("--out", default=DEFAULT_OUT, metavar="FOLDER",
-                   help="folder holding the trained runs (default: ./%(default)s)")
-    e.add_argument("--n-test", type=_positive_int, metavar="N",
-                   help="held-out test images (default: those of each run)")
+    e.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="FOLDER",
+        help="folder holding the trained runs (default: ./%(default)s)",
+    )
+    e.add_argument(
+        "--n-test",
+        type=_positive_int,
+        metavar="N",
+        help="held-out test images (default: those of each run)",
+    )
     _machine(e)
     _verbosity(parsers["eval"])
     return p, parsers
@@ -294,7 +401,9 @@ def _check_data_content(cfg, tasks, error) -> None:
             load_dataset(cfg.data, task, cfg.n_train, size, cfg.seed, split=0)
             load_dataset(cfg.data, task, cfg.n_test, size, cfg.seed, split=1)
         except (FileNotFoundError, ValueError, ImportError, OSError) as e:
-            error(f"--data: not usable for {task}: " + re.sub(r"^\w+: ", "", " ".join(str(e).split())))
+            error(
+                f"--data: not usable for {task}: " + re.sub(r"^\w+: ", "", " ".join(str(e).split()))
+            )
 
 
 def _refuse_unknown(args, extra: list[str], parser, command: str) -> None:
@@ -302,8 +411,10 @@ def _refuse_unknown(args, extra: list[str], parser, command: str) -> None:
         return
     if command == "eval":
         option = next((a.split("=")[0] for a in extra if a.startswith("-")), extra[0])
-        parser.error(f"{option} is not an eval option: eval re-evaluates the trained runs in --out "
-                     "with their stored settings (it accepts --out, --n-test, --device, --threads, -q, -v)")
+        parser.error(
+            f"{option} is not an eval option: eval re-evaluates the trained runs in --out "
+            "with their stored settings (it accepts --out, --n-test, --device, --threads, -q, -v)"
+        )
     parser.error("unrecognized arguments: " + " ".join(extra))
 
 
@@ -349,8 +460,12 @@ def _versions(device: str) -> dict:
 
     import deepinv_deq
 
-    info = {"deepinv-deq": deepinv_deq.__version__, "torch": torch.__version__,
-            "python": sys.version.split()[0], "device": device}
+    info = {
+        "deepinv-deq": deepinv_deq.__version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "device": device,
+    }
     try:
         info["deepinv"] = metadata.version("deepinv")
     except metadata.PackageNotFoundError:  # pragma: no cover
@@ -361,9 +476,16 @@ def _versions(device: str) -> dict:
 
 
 def _save_meta(out: Path, cfg: ExperimentConfig, argv) -> None:
-    (out / "experiment.json").write_text(json.dumps(
-        {"command": "deepinv-deq " + " ".join(argv), "config": cfg.to_dict(),
-         "versions": _versions(cfg.device)}, indent=1))
+    (out / "experiment.json").write_text(
+        json.dumps(
+            {
+                "command": "deepinv-deq " + " ".join(argv),
+                "config": cfg.to_dict(),
+                "versions": _versions(cfg.device),
+            },
+            indent=1,
+        )
+    )
 
 
 def _runs(args, error) -> list[tuple[str, str, str]]:
@@ -372,21 +494,31 @@ def _runs(args, error) -> list[tuple[str, str, str]]:
     if args.command == "train":
         if args.method in FIXED:
             if args.regime is not None:
-                error(f"--regime: method '{args.method}' is not trained end to end, so it takes no regime")
+                error(
+                    f"--regime: method '{args.method}' is not trained end to end, so it takes no regime"
+                )
             return [(args.task, args.method, "none")]
         if args.regime is None:
             error(f"--regime is required for method '{args.method}' (one of {', '.join(REGIMES)})")
         return [(args.task, args.method, args.regime)]
     chosen = {}
-    for name, value, choices in (("tasks", args.tasks, TASKS), ("methods", args.methods, METHODS),
-                                 ("regimes", args.regimes, REGIMES)):
+    for name, value, choices in (
+        ("tasks", args.tasks, TASKS),
+        ("methods", args.methods, METHODS),
+        ("regimes", args.regimes, REGIMES),
+    ):
         try:
             chosen[name] = configs.parse_list(name, value, choices)
         except ValueError as e:
             error(_option_message(e))
     runs = [(t, m, "none") for t in chosen["tasks"] for m in chosen["methods"] if m in FIXED]
-    runs += [(t, m, r) for t in chosen["tasks"] for m in chosen["methods"] if m not in FIXED
-             for r in chosen["regimes"]]
+    runs += [
+        (t, m, r)
+        for t in chosen["tasks"]
+        for m in chosen["methods"]
+        if m not in FIXED
+        for r in chosen["regimes"]
+    ]
     runs.sort(key=lambda x: (x[0], list(METHODS).index(x[1])))
     return runs
 
@@ -394,17 +526,31 @@ def _runs(args, error) -> list[tuple[str, str, str]]:
 def _run_kwargs(run, args, index: int, total: int, task: str, method: str, regime: str) -> dict:
     """Options of :func:`~deepinv_deq.experiments.runner.run` this runner version supports."""
     params = inspect.signature(run).parameters
-    wanted = {"verbose": args.verbose, "overwrite": args.overwrite,
-              "label": f"run {index}/{total}: {task} {method}" + ("" if regime == "none" else f" {regime}")}
+    wanted = {
+        "verbose": args.verbose,
+        "overwrite": args.overwrite,
+        "label": f"run {index}/{total}: {task} {method}"
+        + ("" if regime == "none" else f" {regime}"),
+    }
     return {k: v for k, v in wanted.items() if k in params and v}
 
 
 def _grid(cfg, out, runs, progress, log, args):
     from .runner import run
 
-    return [run(task, method, regime, cfg, out, progress=progress, log=log,
-                **_run_kwargs(run, args, i, len(runs), task, method, regime))
-            for i, (task, method, regime) in enumerate(runs, 1)]
+    return [
+        run(
+            task,
+            method,
+            regime,
+            cfg,
+            out,
+            progress=progress,
+            log=log,
+            **_run_kwargs(run, args, i, len(runs), task, method, regime),
+        )
+        for i, (task, method, regime) in enumerate(runs, 1)
+    ]
 
 
 def _report(results, cfg, out: Path, name: str, log, say, figures: bool = True) -> None:
@@ -419,7 +565,9 @@ def _report(results, cfg, out: Path, name: str, log, say, figures: bool = True) 
     if figures:
         for task in sorted({r["task"] for r in results}):
             x, _ = held_out_measurements(task, cfg, build_physics(task, cfg))[0]
-            path = figure(results, out, task, out / f"figure_{task}.png", reference=magnitude(x)[0].cpu())
+            path = figure(
+                results, out, task, out / f"figure_{task}.png", reference=magnitude(x)[0].cpu()
+            )
             written.append(str(path))
     say("written: " + ", ".join(written))
 
@@ -463,9 +611,11 @@ def main(argv=None) -> int:
         log(f"total time {time.perf_counter() - t0:.0f} s")
         return 0
     except KeyboardInterrupt:
-        print(f"\ndeepinv-deq: interrupted; run the same command again to resume (finished runs in "
-              f"'{out}' are kept, the interrupted one continues from its last checkpoint).",
-              file=sys.stderr)
+        print(
+            f"\ndeepinv-deq: interrupted; run the same command again to resume (finished runs in "
+            f"'{out}' are kept, the interrupted one continues from its last checkpoint).",
+            file=sys.stderr,
+        )
         return 130
 
 
