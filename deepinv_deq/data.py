@@ -24,6 +24,7 @@ Every dataset here returns bare image tensors ``x`` of shape ``(C, H, W)``, as
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from pathlib import Path
 
@@ -68,7 +69,11 @@ def ellipse_phantom(size: int) -> torch.Tensor:
         return RandomPhantomDataset(length=1, size=size, use_dict_output=True)[0]["x"].float()
 
 
-def head_phantom(size: int) -> torch.Tensor:
+#: width of the Gaussian blur of :func:`head_phantom`, as a fraction of the image side
+HEAD_SMOOTHING = 1.0 / 48
+
+
+def head_phantom(size: int, smoothing: float = HEAD_SMOOTHING) -> torch.Tensor:
     r"""One random head phantom of shape ``(2, size, size)`` (real, imaginary) in :math:`[0, 1]`.
 
     The magnitude image is
@@ -80,10 +85,15 @@ def head_phantom(size: int) -> torch.Tensor:
 
     with a random elliptical skull ring, brain tissue level :math:`a\sim U(0.35, 0.5)`, a white-matter
     ellipse of contrast :math:`b\sim U(0.1, 0.25)` and :math:`e` the interior ellipses of deepinv's
-    phantom generator (``interior=True``). Draws from numpy's global RNG (seed it with
-    :func:`numpy_seed`); the imaginary channel is zero.
+    phantom generator (``interior=True``), blurred by a Gaussian of standard deviation
+    ``smoothing * size`` pixels: the finite resolution (partial-volume effect) of an acquisition,
+    without which the piecewise-constant phantom puts far more energy into high frequencies than
+    anatomy does (its zero-filled 4x reconstructions would score ~16 dB instead of the 20+ dB of
+    real acquisitions). Draws from numpy's global RNG (seed it with :func:`numpy_seed`); the
+    imaginary channel is zero.
 
     :param int size: image side.
+    :param float smoothing: blur width as a fraction of the side (``0``: none). Default: ``1/48``.
     """
     from deepinv.utils.phantoms import generate_random_phantom
 
@@ -106,8 +116,21 @@ def head_phantom(size: int) -> torch.Tensor:
     x = 0.95 * skull.float() + brain.float() * (
         r.uniform(0.35, 0.5) + r.uniform(0.1, 0.25) * wm.float() + detail.T
     )
-    x = x.clamp(0, 1)
+    x = _gaussian_blur(x.clamp(0, 1), smoothing * size)
     return torch.stack([x, torch.zeros_like(x)])
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    # separable Gaussian blur of a 2D image (replicate padding); identity for sigma <= 0
+    if sigma <= 0:
+        return x
+    half = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-half, half + 1, dtype=x.dtype)
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    g = g / g.sum()
+    y = torch.nn.functional.pad(x[None, None], (half, half, half, half), mode="replicate")
+    y = torch.nn.functional.conv2d(y, g.view(1, 1, 1, -1))
+    return torch.nn.functional.conv2d(y, g.view(1, 1, -1, 1))[0, 0]
 
 
 class SeededPhantomDataset(Dataset):
@@ -312,32 +335,101 @@ def _identity_transform(target, kspace, **params):
     return target, kspace, params
 
 
-def load_dataset(source: str, kind: str, n: int, size: int, seed: int = 0, split: int = 0):
+def groups_of(dataset) -> list:
+    r"""The acquisition each image of a real dataset comes from: the patient for LIDC-IDRI
+    (``sample_identifiers[i].patient_id``), the volume file for fastMRI (``samples[i].fname``),
+    else the image itself.
+
+    :param dataset: a dataset from :func:`lidc_idri_slices` or :func:`fastmri_slices`.
+    :return: one hashable key per image.
+    """
+    base = getattr(dataset, "base", dataset)
+    ids = getattr(base, "sample_identifiers", None)
+    if ids is not None and len(ids) == len(dataset) and hasattr(ids[0], "patient_id"):
+        return [i.patient_id for i in ids]
+    samples = getattr(base, "samples", None)
+    if samples is not None and len(samples) == len(dataset) and hasattr(samples[0], "fname"):
+        return [str(s.fname) for s in samples]
+    return list(range(len(dataset)))
+
+
+def split_indices(groups: list, counts: tuple[int, ...]) -> list[list[int]]:
+    r"""Disjoint index sets of sizes ``counts`` that never split a group (patient or volume).
+
+    Groups are taken in order of first appearance: the first split takes whole groups from the
+    start until it has enough images (the last group it touches may be cut, its remaining images
+    are discarded), the next split continues with the following group, and so on.
+
+    :param list groups: group key of each image.
+    :param tuple counts: the number of images of each split.
+    :raises ValueError: if the images (or the groups) are too few.
+
+    |sep|
+
+    :Example:
+
+    >>> from deepinv_deq.data import split_indices
+    >>> split_indices(["a", "a", "b", "b", "c", "d"], (3, 2))
+    [[0, 1, 2], [4, 5]]
+    """
+    counts = tuple(int(c) for c in counts)
+    if sum(counts) > len(groups):
+        raise ValueError(
+            f"split_indices: {' + '.join(map(str, counts))} = {sum(counts)} images requested, "
+            f"but the dataset holds only {len(groups)}."
+        )
+    order, members = [], {}
+    for i, g in enumerate(groups):
+        if g not in members:
+            members[g] = []
+            order.append(g)
+        members[g].append(i)
+    out, k = [], 0
+    for count in counts:
+        chosen = []
+        while len(chosen) < count:
+            if k >= len(order):
+                raise ValueError(
+                    f"split_indices: not enough patients/volumes ({len(order)}) for disjoint splits "
+                    f"of {counts} images."
+                )
+            chosen += members[order[k]]
+            k += 1
+        out.append(chosen[:count])
+    return out
+
+
+def load_dataset(source: str, kind: str, n: int, size: int, seed: int = 0, split: int = 0,
+                 counts: tuple[int, ...] | None = None):
     r"""Images for an experiment: ``source`` is ``"phantoms"`` (default offline data) or a folder of
     real data (LIDC-IDRI for ``kind="ct"``, fastMRI for ``kind="mri"``).
 
-    For a folder, the first ``n`` images of split 0 (training) or the next ``n`` of split 1 (test)
-    are used.
+    Splits: 0 = training, 1 = test, 2 = validation. Phantom splits are independent random
+    streams. A folder is divided by :func:`split_indices` into disjoint training, test and
+    validation sets of ``counts = (n_train, n_test, n_val)`` images (default: ``n`` for the split
+    asked for, none for the others), by patient (LIDC-IDRI) or volume (fastMRI).
 
     :param str source: ``"phantoms"`` or a path.
     :param str kind: ``"ct"`` or ``"mri"``.
     :param int n: number of images.
     :param int size: image side.
     :param int seed: seed of the phantoms.
-    :param int split: 0 (train) or 1 (test).
+    :param int split: 0 (train), 1 (test) or 2 (validation).
+    :param tuple counts: the sizes of all the splits of the experiment (folders only).
+    :raises ValueError: if the folder holds fewer images (or patients/volumes) than the splits need.
     """
     kind = check_choice("load_dataset", "kind", kind, KINDS)
+    if split not in (0, 1, 2):
+        raise ValueError(f"load_dataset: 'split' must be 0 (train), 1 (test) or 2 (val), got {split!r}.")
     if source == "phantoms":
         return SeededPhantomDataset(n, size=size, kind=kind, seed=seed, split=split)
     full = lidc_idri_slices(source, size) if kind == "ct" else fastmri_slices(source, size)
-    start = 0 if split == 0 else n_train_offset(len(full), n)
-    stop = min(len(full), start + n)
-    if stop <= start:
-        raise ValueError(f"load_dataset: '{source}' holds {len(full)} images, too few for split {split}.")
-    return torch.utils.data.Subset(full, list(range(start, stop)))
-
-
-def n_train_offset(total: int, n: int) -> int:
-    r"""Index of the first test image in a real dataset of ``total`` images: test images are taken
-    from the end, so that train and test never overlap when ``2 n <= total``."""
-    return max(0, total - n)
+    if counts is None:
+        counts = tuple(n if k == split else 0 for k in range(3))
+    if counts[split] != n:
+        raise ValueError(f"load_dataset: counts[{split}] = {counts[split]} but n = {n}.")
+    # in the folder's order: training, then validation, then test groups
+    train, test, val = counts[0], counts[1], counts[2] if len(counts) > 2 else 0
+    parts = split_indices(groups_of(full), (train, val, test))
+    index = {0: parts[0], 2: parts[1], 1: parts[2]}[split]
+    return torch.utils.data.Subset(full, index)

@@ -93,9 +93,32 @@ def test_fastmri_slices_reads_generated_files(tmp_path):
     assert torch.count_nonzero(x[1]) == 0
     middle = fastmri_slices(tmp_path, size=16)  # default: the middle slice of each volume
     assert len(middle) == 2 and torch.equal(middle[0], ds[1]) and torch.equal(middle[1], ds[4])
-    train = load_dataset(str(tmp_path), "mri", n=1, size=16, split=0)
-    test = load_dataset(str(tmp_path), "mri", n=1, size=16, split=1)
+    train = load_dataset(str(tmp_path), "mri", n=1, size=16, split=0, counts=(1, 1, 0))
+    test = load_dataset(str(tmp_path), "mri", n=1, size=16, split=1, counts=(1, 1, 0))
     assert torch.equal(train[0], ds[1]) and torch.equal(test[0], ds[4])
+
+
+def test_real_data_splits_are_disjoint_by_volume(tmp_path):
+    from deepinv_deq.data import groups_of, split_indices
+
+    for name in ("a", "b", "c"):
+        _write_fastmri(tmp_path / f"{name}.h5")  # 3 slices per volume
+    ds = fastmri_slices(tmp_path, size=16, slice_index="all")
+    groups = groups_of(ds)
+    assert len(groups) == 9 and len(set(groups)) == 3  # one group per volume file
+    parts = split_indices(groups, (2, 2, 2))
+    vols = [{groups[i] for i in part} for part in parts]
+    assert [len(p) for p in parts] == [2, 2, 2]
+    assert not (vols[0] & vols[1]) and not (vols[0] & vols[2]) and not (vols[1] & vols[2])
+    # load_dataset: the middle slice of each of the 3 volumes, one volume per split
+    sets = [load_dataset(str(tmp_path), "mri", n=1, size=16, split=k, counts=(1, 1, 1)) for k in (0, 1, 2)]
+    assert sorted(i for d in sets for i in d.indices) == [0, 1, 2]
+    # more images than the folder holds, or more volumes than it has: clear errors
+    with pytest.raises(ValueError, match="holds only 3"):
+        load_dataset(str(tmp_path), "mri", n=2, size=16, split=0, counts=(2, 2, 0))
+    with pytest.raises(ValueError, match="not enough patients/volumes"):
+        split_indices(groups, (4, 4))
+    assert split_indices(["p", "p", "q", "r"], (1, 2)) == [[0], [2, 3]]
 
 
 def test_fastmri_errors(tmp_path):

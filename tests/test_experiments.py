@@ -70,7 +70,7 @@ def test_physics_is_normalised(task):
 def test_unrolled_is_k_iterations_of_the_map():
     physics = dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.5)
     denoiser = build_denoiser("ct", tiny())
-    torch.nn.init.normal_(denoiser.out_conv.weight, std=0.1)
+    torch.nn.init.normal_(denoiser.residual[-1].weight, std=0.1)
     fmap = PGDMap(denoiser, stepsize=0.9, sigma_denoiser=0.05)
     model = Unrolled(fmap, n_iter=3)
     y = physics(torch.rand(2, 1, 8, 8))
@@ -80,15 +80,36 @@ def test_unrolled_is_k_iterations_of_the_map():
     out = model(y, physics)
     assert torch.allclose(out, x)
     out.sum().backward()
-    assert denoiser.in_conv.weight.grad.abs().sum() > 0  # backprop through all iterations
+    assert denoiser.residual[0].weight.grad.abs().sum() > 0  # backprop through all iterations
     with pytest.raises(ValueError, match="n_iter"):
         Unrolled(fmap, n_iter=0)
 
 
-def test_denoiser_starts_as_identity():
-    d = build_denoiser("mri", tiny())
+def test_denoiser_starts_as_a_contraction():
+    cfg = tiny()
+    d = build_denoiser("mri", cfg)
     x = torch.rand(2, 2, 16, 16)
-    assert torch.allclose(d(x, 0.05), x)
+    assert torch.allclose(d(x, 0.05), (1 - cfg.epsilon) * x)
+    # the capacity-matched U-Net has about as many weights as the DEQ's denoiser
+    from deepinv_deq.experiments.methods import matched_unet, n_parameters
+
+    demo = ExperimentConfig.from_preset("demo")
+    a, b = n_parameters(matched_unet("ct", demo)), n_parameters(build_denoiser("ct", demo))
+    assert abs(a - b) / b < 0.1
+
+
+def test_deqs_solve_to_tolerance_with_anderson():
+    cfg = ExperimentConfig.from_preset("demo")
+    model = build_model("ct", "deq", cfg)
+    assert model.solver.tol <= 1e-4 and model.backward.solver.tol <= 1e-4
+    assert type(model.solver).__name__ == "AndersonAcceleration"
+    physics = build_physics("ct", tiny())
+    model = build_model("ct", "deq", tiny())
+    y = physics(torch.rand(2, 1, 16, 16))
+    x = model(y, physics)
+    ((x - 0.5) ** 2).sum().backward()
+    assert bool(model.forward_stats.converged.all()) and bool(model.backward_stats.converged.all())
+    assert model.forward_stats.nfe < tiny().max_iter  # the cap is not what stops it
 
 
 def test_pseudo_inverse_net_uses_fbp():
@@ -121,24 +142,27 @@ def test_every_method_reconstructs(task):
 
 def test_losses_per_regime():
     cfg = tiny()
-    deq, unet = build_model("ct", "deq", cfg), build_model("ct", "unet", cfg)
-    assert [type(l).__name__ for l in build_losses("sup", cfg, deq)] == ["SupLoss"]
-    assert [type(l).__name__ for l in build_losses("mc", cfg, deq)] == ["MCLoss"]
-    ei = build_losses("ei", cfg, deq)
-    assert type(ei[0]).__name__ == "MCLoss" and isinstance(ei[1], dinv.loss.EILoss)
-    assert type(ei[1]).__name__ == "DEQEILoss"
-    assert type(build_losses("ei", cfg, unet)[1]) is dinv.loss.EILoss
+    assert [type(l).__name__ for l in build_losses("sup", cfg)] == ["SupLoss"]
+    assert [type(l).__name__ for l in build_losses("mc", cfg)] == ["MCLoss"]
+    ei = build_losses("ei", cfg, rng=torch.Generator().manual_seed(3))
+    # deepinv's own (cold-started) EILoss, for every method
+    assert type(ei[0]) is dinv.loss.MCLoss and type(ei[1]) is dinv.loss.EILoss
+    other = build_losses("ei", cfg, rng=torch.Generator().manual_seed(3))
+    x = torch.rand(2, 1, 16, 16)
+    assert torch.equal(ei[1].T(x), other[1].T(x))  # same generator state, same transformations
     with pytest.raises(ValueError, match="regime"):
-        build_losses("selfsup", cfg, deq)
+        build_losses("selfsup", cfg)
 
 
 def test_held_out_measurements_are_shared_and_evaluate_scores(tmp_path):
     cfg = tiny()
     physics = build_physics("ct", cfg)
-    a = held_out_measurements("ct", cfg, physics)
+    a = held_out_measurements("ct", cfg)
     torch.manual_seed(99)  # the caller's RNG does not change the test noise
-    b = held_out_measurements("ct", cfg, physics)
+    b = held_out_measurements("ct", cfg)
     assert all(torch.equal(ya, yb) for (_, ya), (_, yb) in zip(a, b))
+    val = held_out_measurements("ct", cfg, split="val")
+    assert not torch.equal(val[0][0], a[0][0])  # validation and test images differ
     model = build_model("ct", "pinv", cfg)
     res = evaluate(model, "ct", cfg, physics, batches=a)
     x, y = a[0]
@@ -154,32 +178,111 @@ def test_magnitude():
     assert torch.allclose(magnitude(x), torch.full((1, 1, 2, 2), 5.0))
 
 
-def test_run_is_resumable(tmp_path):
+def test_run_is_resumable_and_counts_solves(tmp_path):
     cfg = tiny()
-    first = run("ct", "deq", "sup", cfg, tmp_path, progress=False, log=lambda *a: None)
+    quiet = dict(progress=False, log=lambda *a: None)
+    first = run("ct", "deq", "sup", cfg, tmp_path, **quiet)
     folder = run_dir(tmp_path, "ct", "deq", "sup")
-    assert not first["skipped"] and (folder / "model.pt").exists()
-    ckpts = list((folder / "ckpt").rglob("ckp_*.pth.tar"))
-    assert len(ckpts) == 1
-    again = run("ct", "deq", "sup", cfg, tmp_path, progress=False, log=lambda *a: None)
+    assert not first["skipped"] and (folder / "seed_0" / "model.pt").exists()
+    assert sorted(p.name for p in (folder / "seed_0").glob("*.pt")) == ["best.pt", "last.pt", "model.pt", "samples.pt"]
+    # every solve is counted: training (forward + backward), validation and test
+    assert first["fwd_converged"] == 1.0 and first["bwd_converged"] == 1.0
+    counts = first["per_seed"][0]["train"]
+    assert counts["fwd_solves"] == 2 and counts["bwd_solves"] == 2  # 4 images, batches of 2
+    assert 1 <= first["fwd_iters"] < cfg.max_iter
+    again = run("ct", "deq", "sup", cfg, tmp_path, **quiet)
     assert again["skipped"] and again["psnr_mean"] == first["psnr_mean"]
     # interrupted after its last checkpoint: continues from it (no further training)
     (folder / "result.json").unlink()
-    (folder / "model.pt").unlink()
-    resumed = run("ct", "deq", "sup", cfg, tmp_path, progress=False, log=lambda *a: None)
-    assert not resumed["skipped"]
-    assert list((folder / "ckpt").rglob("ckp_*.pth.tar")) == ckpts  # nothing trained again
+    (folder / "seed_0" / "result.json").unlink()
+    mtime = (folder / "seed_0" / "last.pt").stat().st_mtime_ns
+    resumed = run("ct", "deq", "sup", cfg, tmp_path, **quiet)
+    assert not resumed["skipped"] and (folder / "seed_0" / "last.pt").stat().st_mtime_ns == mtime
     assert resumed["psnr"] == pytest.approx(first["psnr"], abs=1e-5)
     with pytest.raises(ValueError, match="other settings"):
-        run("ct", "deq", "sup", tiny(epochs=2), tmp_path, progress=False, log=lambda *a: None)
+        run("ct", "deq", "sup", tiny(epochs=2), tmp_path, **quiet)
+
+
+def test_non_convergence_is_counted_not_hidden(tmp_path):
+    cfg = tiny(max_iter=2, tol=1e-12)
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        res = run("ct", "deq-init", None, cfg, tmp_path, progress=False, log=lambda *a: None)
+    assert res["fwd_converged"] == 0.0 and res["fwd_iters_max"] == 2
+
+
+def test_resumed_ei_run_equals_an_uninterrupted_one(tmp_path):
+    # the transformations' and the noise's random states are checkpointed with the run
+    from deepinv_deq.experiments.training import train
+
+    cfg = tiny(n_train=4, batch_size=2)
+    data = __import__("deepinv_deq").data.load_dataset("phantoms", "ct", 4, 16, 0)
+
+    def fresh(init_seed):
+        torch.manual_seed(init_seed)
+        model = build_model("ct", "unrolled", cfg)
+        noise, transforms = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+        physics = build_physics("ct", cfg, rng=noise)
+        return model, physics, build_losses("ei", cfg, rng=transforms), {}
+
+    model, physics, losses, gens = fresh(0)
+    train(model, physics, losses, data, cfg, tmp_path / "a", seed=5, epochs=3, generators=gens)
+    model_b, physics, losses, gens = fresh(0)
+    train(model_b, physics, losses, data, cfg, tmp_path / "b", seed=5, epochs=1, generators=gens)
+    model_c, physics, losses, gens = fresh(7)  # a new process: other weights, fresh generators
+    history = train(model_c, physics, losses, data, cfg, tmp_path / "b", seed=5, epochs=3, generators=gens)
+    assert history["epochs_done"] == 3 and history["train_s"] > 0
+    for p, q in zip(model.parameters(), model_c.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_methods_share_batches_noise_and_transforms(tmp_path, monkeypatch):
+    from deepinv_deq.experiments import training
+
+    seen = {}
+    original = training.batch_loss
+
+    def spy(losses, model, x, y, physics):
+        key = type(model).__name__
+        states = [l.T.rng.get_state().clone() for l in losses if hasattr(l, "T")]
+        seen.setdefault(key, []).append((x.clone(), y.clone(), states))
+        return original(losses, model, x, y, physics)
+
+    monkeypatch.setattr(training, "batch_loss", spy)
+    cfg = tiny()
+    for method in ("deq", "unrolled"):
+        run("ct", method, "ei", cfg, tmp_path, progress=False, log=lambda *a: None)
+    a, b = seen["DEQ"], seen["Unrolled"]
+    assert len(a) == len(b) == 2
+    for (xa, ya, ta), (xb, yb, tb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert all(torch.equal(s, t) for s, t in zip(ta, tb))
+
+
+def test_paired_difference_and_flattening():
+    from deepinv_deq.experiments.results import paired_difference
+    from deepinv_deq.experiments.training import flattened
+
+    a = dict(seeds=[0, 1, 2], psnr_seeds=[30.0, 31.0, 32.0])
+    b = dict(seeds=[0, 1, 2], psnr_seeds=[29.0, 29.0, 29.0])
+    d = paired_difference(a, b)
+    assert d["diffs"] == [1.0, 2.0, 3.0] and d["mean"] == pytest.approx(2.0)
+    assert d["hi"] - d["mean"] == pytest.approx(4.303 * 1.0 / 3**0.5, rel=1e-3)
+    pinv = dict(seeds=[0], psnr_seeds=[25.0])  # deterministic method: paired with every seed
+    assert paired_difference(a, pinv)["diffs"] == [5.0, 6.0, 7.0]
+    h = dict(val_step=[10, 20, 30, 40, 50], val_psnr=[20.0, 25.0, 27.0, 27.5, 27.6])
+    assert flattened(h) == pytest.approx(0.1)  # from step 40 (80 %) to 50
 
 
 def _fake_results():
     return [
         dict(task="ct", method="unet", regime="sup", psnr=[30.0, 32.0], psnr_mean=31.0, psnr_std=1.0,
-             ssim_mean=0.9, ssim_std=0.01, nfe=None, train_s=12.0),
+             ssim_mean=0.9, ssim_std=0.01, nfe=None, train_s=12.0, seeds=[0, 1], psnr_seeds=[30.5, 31.5]),
         dict(task="ct", method="deq", regime="ei", psnr=[28.0, 29.0], psnr_mean=28.5, psnr_std=0.5,
-             ssim_mean=0.8, ssim_std=0.02, nfe=11.5, train_s=40.0),
+             ssim_mean=0.8, ssim_std=0.02, nfe=11.5, train_s=40.0, seeds=[0, 1], psnr_seeds=[28.0, 29.0],
+             fwd_converged=1.0, fwd_iters=11.5, bwd_converged=0.98, bwd_iters=9.0),
+        dict(task="ct", method="deq-jfb", regime="ei", psnr=[27.0, 28.0], psnr_mean=27.5, psnr_std=0.5,
+             ssim_mean=0.8, ssim_std=0.02, nfe=11.5, train_s=40.0, seeds=[0, 1], psnr_seeds=[27.0, 28.5],
+             fwd_converged=1.0, fwd_iters=11.5, bwd_converged=None, bwd_iters=None),
     ]
 
 
@@ -188,19 +291,25 @@ def test_tables_and_figure(tmp_path):
     md = markdown(results)
     lines = md.strip().splitlines()
     assert lines[2].startswith("| CT | deq | EI (MC + EI) | 28.50 ± 0.50")  # table order: deq first
+    assert "| 100.0% (11.5) | 98.0% (9.0) |" in lines[2]
+    assert "| CT | EI-DEQ implicit - EI-DEQ JFB | +0.75 |" in md
     table = rst(results)
-    assert table.startswith(".. list-table::") and table.count("   * - CT") == 2
+    assert table.startswith(".. list-table::") and table.count("   * - CT") == 3 + 1
     assert table.index("     - deq") < table.index("     - unet")
-    assert "     - 28.50 ± 0.50" in table and "     - 11.5" in table
+    assert "     - 28.50 ± 0.50" in table and "     - 100.0% (11.5)" in table
     paths = write_tables(results, tmp_path, name="t", config={"seed": 0})
     with open(paths["csv"]) as f:
         rows = list(csv.DictReader(f))
-    assert [r["method"] for r in rows] == ["deq", "unet"] and float(rows[1]["psnr_mean"]) == 31.0
+    assert [r["method"] for r in rows] == ["deq", "deq-jfb", "unet"] and float(rows[2]["psnr_mean"]) == 31.0
     data = json.loads(paths["json"].read_text())
     assert data["config"] == {"seed": 0} and data["runs"][0]["psnr"] == [28.0, 29.0]
+    assert data["comparisons"][0]["diffs"] == [1.0, 0.5]
     for r in results:
         folder = run_dir(tmp_path, "ct", r["method"], r["regime"])
-        folder.mkdir(parents=True)
+        (folder / "seed_0").mkdir(parents=True)
         torch.save([torch.rand(1, 8, 8)] * 2, folder / "samples.pt")
+        hist = dict(val_step=[1, 2], val_psnr=[20.0, 21.0], loss_step=[1, 2], loss=[1.0, 0.5])
+        (folder / "seed_0" / "history.json").write_text(json.dumps(hist))
     path = figure(results, tmp_path, "ct", tmp_path / "fig.png", reference=torch.rand(1, 8, 8))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "curves_ct.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,8 +1,8 @@
 r"""Configuration of the experiments: tasks, methods, regimes and size presets, all validated.
 
-A run is one ``(task, method, regime)`` triple trained and evaluated under one
-:class:`ExperimentConfig`. Size presets (``tiny``, ``demo``, ``repro``, ``paper``) fix the image
-size, the number of images, epochs and solver budgets; every field can be overridden.
+A run is one ``(task, method, regime)`` triple trained (once per seed) and evaluated under one
+:class:`ExperimentConfig`. Size presets (``tiny``, ``demo``, ``cpu``, ``gpu``, ``paper``) fix the
+image size, the number of images, epochs, seeds and solver budgets; every field can be overridden.
 """
 
 from __future__ import annotations
@@ -17,38 +17,56 @@ TASKS = ("ct", "mri")
 METHODS = {
     "deq": "DEQ, implicit differentiation (ours)",
     "deq-jfb": "DEQ, Jacobian-free backprop",
-    "unrolled": "unrolled PGD (K iterations, backprop)",
-    "pnp": "PnP-PGD, DnCNN trained as a denoiser",
-    "red": "RED, DnCNN trained as a denoiser",
+    "unrolled": "unrolled PGD (K = the DEQ's mean forward iterations, backprop)",
+    "unet": "U-Net on the pseudo-inverse (as many weights as the DEQ's denoiser)",
+    "pnp": "PnP-PGD, the denoiser trained on clean images (noise level and step on validation)",
+    "red": "RED, the denoiser trained on clean images (noise level and weight on validation)",
     "pnp-tv": "PnP-PGD with a TV denoiser (no training)",
-    "unet": "U-Net on the pseudo-inverse",
+    "deq-init": "DEQ at initialisation (untrained)",
     "pinv": "pseudo-inverse (FBP / zero-filled)",
 }
 REGIMES = ("sup", "ei", "mc")
 #: methods trained end to end on the task, in each regime.
 TRAINED = ("deq", "deq-jfb", "unrolled", "unet")
 #: methods whose denoiser is trained on clean images as a Gaussian denoiser, or not trained at all.
-FIXED = ("pnp", "red", "pnp-tv", "pinv")
+FIXED = ("pnp", "red", "pnp-tv", "deq-init", "pinv")
+#: methods whose forward pass is a fixed-point solve (they report converged fractions).
+SOLVED = ("deq", "deq-jfb", "pnp", "red", "pnp-tv", "deq-init")
+#: (method, regime) pairs of ``deepinv-deq demo`` (CT): the paper's key claim and its references.
+DEMO_RUNS = (
+    ("deq", "ei"),
+    ("deq-jfb", "ei"),
+    ("deq", "sup"),
+    ("deq-init", "none"),
+    ("pinv", "none"),
+)
 
-#: CT views scale with the image side as in the paper (50 views for 128 x 128 images: about
-#: 0.4 n views of about 1.4 n detector cells for n^2 unknowns), so the problem stays
-#: under-determined; 30 views on 32 x 32 images would give more measurements than unknowns.
+_TINY = dict(img_size=16, n_train=4, n_val=2, n_test=2, epochs=1, batch_size=2, max_iter=60,
+             backward_max_iter=60, unrolled_iters=3, depth=3, width=8, views=6, denoiser_epochs=1,
+             seeds=1, eval_every=0)
+_DEMO = dict(img_size=32, n_train=64, n_val=8, n_test=32, epochs=12, batch_size=8, max_iter=100,
+             backward_max_iter=100, unrolled_iters=0, depth=5, width=16, views=12,
+             denoiser_epochs=20, seeds=3, eval_every=8)
+#: size presets. CT views scale with the image side as in the paper (50 views for 128 x 128
+#: images), so the problem stays under-determined. Every DEQ solve runs to ``tol = 1e-4`` forward
+#: and backward, with caps (100) that the contractive denoisers do not reach.
 PRESETS = {
     # seconds on 2 CPU cores: used by the tests
-    "tiny": dict(img_size=16, n_train=4, n_test=2, epochs=1, batch_size=2, max_iter=5,
-                 backward_max_iter=5, unrolled_iters=3, depth=3, width=8, views=6, denoiser_epochs=1),
-    # ~10 minutes on 2 CPU cores: `deepinv-deq demo`
-    "demo": dict(img_size=32, n_train=64, n_test=16, epochs=8, batch_size=8, max_iter=12,
-                 backward_max_iter=12, unrolled_iters=6, depth=5, width=16, views=12,
-                 denoiser_epochs=20),
-    # the recorded CPU reproduction (docs/results.rst)
-    "repro": dict(img_size=32, n_train=48, n_test=24, epochs=10, batch_size=8, max_iter=12,
-                  backward_max_iter=12, unrolled_iters=6, depth=5, width=16, views=12,
-                  denoiser_epochs=20),
-    # the paper's setting (GPU)
-    "paper": dict(img_size=128, n_train=2000, n_test=100, epochs=100, batch_size=8, max_iter=50,
-                  backward_max_iter=50, unrolled_iters=10, depth=7, width=64, views=50,
-                  denoiser_epochs=50),
+    "tiny": _TINY,
+    # <= 10 minutes on 2 idle CPU cores: `deepinv-deq demo` (CT, ID vs JFB vs supervised, 3 seeds)
+    "demo": _DEMO,
+    # <= 60 minutes on 2 CPU cores: `deepinv-deq table --size cpu` (CT 32 x 32 and MRI 64 x 64)
+    "cpu": dict(_DEMO, mri_img_size=64, equivariance=True),
+    # former name of the cpu table
+    "repro": dict(_DEMO, mri_img_size=64, equivariance=True),
+    # sized for <= 8 minutes on one H200 (unmeasured): CT 128 x 128, 50 views, ID vs JFB vs sup
+    "gpu": dict(img_size=128, n_train=512, n_val=16, n_test=64, epochs=6, batch_size=16,
+                max_iter=100, backward_max_iter=100, unrolled_iters=0, depth=7, width=32, views=50,
+                denoiser_epochs=20, seeds=3, eval_every=32),
+    # paper-like settings (GPU)
+    "paper": dict(img_size=128, n_train=2000, n_val=50, n_test=100, epochs=100, batch_size=8,
+                  max_iter=150, backward_max_iter=150, unrolled_iters=0, depth=7, width=64,
+                  views=50, denoiser_epochs=50, seeds=3, eval_every=250, equivariance=True),
 }
 
 
@@ -57,87 +75,119 @@ class ExperimentConfig:
     r"""Settings of one experiment (shared by every run of a table).
 
     :param int img_size: image side :math:`n` (images are :math:`n\times n`).
+    :param int mri_img_size: image side of the MRI task; ``0`` means ``img_size``.
     :param int n_train: training images.
+    :param int n_val: validation images (training curves, PnP/RED settings).
     :param int n_test: held-out test images.
     :param int epochs: training epochs of the end-to-end methods.
     :param int batch_size: batch size.
+    :param int seeds: training seeds per trained run (``seed``, ``seed + 1``, ...); data, noise
+        and transformations of a seed are shared by every method.
     :param float lr: Adam learning rate.
-    :param int max_iter: forward fixed-point iterations of the DEQs, PnP and RED.
+    :param int max_iter: cap on the forward fixed-point iterations (DEQs, PnP, RED).
     :param float tol: forward relative tolerance.
-    :param int backward_max_iter: iterations of the implicit backward solve.
+    :param int backward_max_iter: cap on the iterations of the implicit backward solve.
     :param float backward_tol: tolerance of the implicit backward solve.
-    :param int unrolled_iters: iterations :math:`K` of the unrolled network.
-    :param int depth: DnCNN depth (shared denoiser architecture).
-    :param int width: DnCNN feature channels.
+    :param int unrolled_iters: iterations :math:`K` of the unrolled network; ``0`` means the mean
+        forward iterations of the untrained DEQ on the validation images.
+    :param int depth: depth of the denoiser's residual network.
+    :param int width: feature channels of the denoiser's residual network.
+    :param float epsilon: contraction margin of :class:`deepinv_deq.ContractiveDenoiser`.
     :param float sigma_denoiser: noise level given to the denoiser.
     :param float stepsize: PGD step size :math:`\eta` (operators are normalised, :math:`\|A\|=1`).
     :param int views: CT projection angles.
     :param float ct_noise: Gaussian noise standard deviation for CT.
     :param int acceleration: MRI acceleration factor.
+    :param float center_fraction: fraction of fully sampled central k-space lines (MRI).
     :param float mri_noise: Gaussian noise standard deviation for MRI (0.01-0.05).
     :param str transform: EI transformation group, ``"rotate"`` or ``"shift"``.
     :param float ei_weight: weight :math:`\alpha` of the EI term.
     :param int denoiser_epochs: epochs of Gaussian-denoiser training for PnP/RED.
-    :param float red_lambda: RED regularisation weight :math:`\lambda`.
+    :param float red_lambda: RED regularisation weight :math:`\lambda` (default of the grid).
+    :param int eval_every: validation PSNR every this many steps (``0``: once per epoch).
+    :param bool equivariance: measure the equivariance error of each trained run.
     :param str data: ``"phantoms"`` (default offline data) or a folder of real data.
-    :param int seed: seed of data, masks, noise and initialisation.
+    :param int seed: first seed of data, masks, noise and initialisation.
     :param str device: torch device.
     """
 
     img_size: int = 32
+    mri_img_size: int = 0
     n_train: int = 64
-    n_test: int = 16
-    epochs: int = 8
+    n_val: int = 8
+    n_test: int = 32
+    epochs: int = 12
     batch_size: int = 8
+    seeds: int = 1
     lr: float = 1e-3
-    max_iter: int = 20
-    tol: float = 1e-3
-    backward_max_iter: int = 20
+    max_iter: int = 100
+    tol: float = 1e-4
+    backward_max_iter: int = 100
     backward_tol: float = 1e-4
-    unrolled_iters: int = 8
+    unrolled_iters: int = 0
     depth: int = 5
     width: int = 16
+    epsilon: float = 0.1
     sigma_denoiser: float = 0.05
     stepsize: float = 1.0
-    views: int = 30
+    views: int = 12
     ct_noise: float = 0.01
-    acceleration: int = 8
+    acceleration: int = 4
+    center_fraction: float = 0.08
     mri_noise: float = 0.02
     transform: str = "rotate"
     ei_weight: float = 1.0
     denoiser_epochs: int = 20
     red_lambda: float = 1.0
+    eval_every: int = 0
+    equivariance: bool = False
     data: str = "phantoms"
     seed: int = 0
     device: str = "cpu"
 
     def __post_init__(self):
         o = "ExperimentConfig"
-        for name in ("img_size", "n_train", "n_test", "epochs", "batch_size", "max_iter",
-                     "backward_max_iter", "unrolled_iters", "depth", "width", "views",
-                     "denoiser_epochs"):
+        for name in ("img_size", "n_train", "n_val", "n_test", "epochs", "batch_size", "seeds",
+                     "max_iter", "backward_max_iter", "depth", "width", "views", "denoiser_epochs"):
             setattr(self, name, check_int(o, name, getattr(self, name), 1))
-        if self.img_size < 8:
-            raise ValueError(f"{o}: 'img_size' must be >= 8, got {self.img_size}.")
+        for name in ("mri_img_size", "unrolled_iters", "eval_every"):
+            setattr(self, name, check_int(o, name, getattr(self, name), 0))
+        for name in ("img_size", "mri_img_size"):
+            if 0 < getattr(self, name) < 8:
+                raise ValueError(f"{o}: '{name}' must be >= 8, got {getattr(self, name)}.")
         if self.depth < 2:
             raise ValueError(f"{o}: 'depth' must be >= 2, got {self.depth}.")
         self.acceleration = check_int(o, "acceleration", self.acceleration, 2)
         self.seed = check_int(o, "seed", self.seed, 0)
-        for name in ("lr", "tol", "backward_tol", "sigma_denoiser", "stepsize", "red_lambda"):
+        for name in ("lr", "tol", "backward_tol", "sigma_denoiser", "stepsize", "red_lambda", "epsilon"):
             setattr(self, name, check_float(o, name, getattr(self, name), 0.0, strict_min=True))
+        if self.epsilon > 1:
+            raise ValueError(f"{o}: 'epsilon' must be in (0, 1], got {self.epsilon}.")
+        self.center_fraction = check_float(o, "center_fraction", self.center_fraction, 0.0, 1.0, strict_min=True)
         for name in ("ct_noise", "mri_noise", "ei_weight"):
             setattr(self, name, check_float(o, name, getattr(self, name), 0.0))
+        if not isinstance(self.equivariance, bool):
+            raise ValueError(f"{o}: 'equivariance' must be True or False, got {self.equivariance!r}.")
         self.transform = check_choice(o, "transform", self.transform, ("rotate", "shift"))
         if not isinstance(self.data, str) or not self.data:
             raise ValueError(f"{o}: 'data' must be 'phantoms' or a folder, got {self.data!r}.")
         if not isinstance(self.device, str) or not self.device.split(":")[0] in ("cpu", "cuda", "mps"):
             raise ValueError(f"{o}: 'device' must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}.")
 
+    def size_of(self, task: str) -> int:
+        r"""Image side of ``task`` (``mri_img_size`` for MRI when set, else ``img_size``)."""
+        return self.mri_img_size if task == "mri" and self.mri_img_size else self.img_size
+
+    def seed_list(self) -> list[int]:
+        r"""The training seeds: ``seed, seed + 1, ..., seed + seeds - 1``."""
+        return [self.seed + k for k in range(self.seeds)]
+
     @classmethod
     def from_preset(cls, preset: str = "demo", **overrides) -> "ExperimentConfig":
         r"""The preset's settings, with ``overrides`` (``None`` values are ignored).
 
-        :param str preset: one of ``tiny``, ``demo``, ``repro``, ``paper``.
+        :param str preset: a key of :data:`PRESETS` (``tiny``, ``demo``, ``cpu``, ``gpu``,
+            ``paper``; ``repro`` is the former name of ``cpu``).
         """
         preset = check_choice("ExperimentConfig", "size", preset, PRESETS)
         overrides = {k: v for k, v in overrides.items() if v is not None}

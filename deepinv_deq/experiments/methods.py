@@ -1,18 +1,27 @@
 r"""The compared reconstruction methods and their training losses.
 
-All learned iterative methods share one denoiser architecture, a small
-:class:`deepinv.models.DnCNN` (``pretrained=None``: nothing is downloaded):
+All learned iterative methods share one denoiser architecture and initialisation,
+:class:`deepinv_deq.ContractiveDenoiser` :math:`D(x) = (1-\epsilon)x + R(x)` with :math:`R` a
+small residual CNN whose last layer starts at zero, so that every fixed-point map is a contraction
+at initialisation (:math:`\rho(J_F) \le 1-\epsilon`) and every DEQ has a unique fixed point:
 
-- ``deq`` / ``deq-jfb``: :class:`deepinv_deq.DEQ` with a PGD map, implicit differentiation or JFB;
-- ``unrolled``: :class:`Unrolled`, :math:`K` iterations of the same PGD map trained by backprop;
-- ``pnp`` / ``red``: the same DnCNN trained once as a Gaussian denoiser on clean training images
-  (the usual plug-and-play recipe, independent of the operator), then iterated to a fixed point by
-  :class:`deepinv_deq.DEQ` without further training;
+- ``deq`` / ``deq-jfb``: :class:`deepinv_deq.DEQ` with a PGD map, Anderson acceleration forward and
+  (``deq``) backward, both to ``tol``; implicit differentiation or JFB;
+- ``unrolled``: :class:`Unrolled`, :math:`K` iterations of the same PGD map trained by backprop
+  (:math:`K` = the DEQ's mean forward iterations);
+- ``pnp`` / ``red``: the same denoiser trained as a Gaussian denoiser on clean training images
+  (the usual plug-and-play recipe, independent of the operator), then iterated to ``tol`` by
+  :class:`deepinv_deq.DEQ`; the training noise level and the step / weight are chosen on the
+  validation images;
 - ``pnp-tv``: PnP-PGD with deepinv's :class:`deepinv.models.TVDenoiser`, a fixed denoiser that needs
-  no data and no weights (wavelet denoisers need ``ptwt`` and BM3D needs ``bm3d``, neither a
-  dependency of deepinv-deq); it is the ground-truth-free classical baseline;
-- ``unet``: :class:`deepinv.models.UNet` applied to the pseudo-inverse (:class:`PseudoInverseNet`);
+  no data and no weights;
+- ``unet``: :class:`deepinv.models.UNet` applied to the pseudo-inverse (:class:`PseudoInverseNet`),
+  with channels chosen so that it has about as many weights as the DEQ's denoiser;
+- ``deq-init``: the DEQ at initialisation (untrained): what training adds;
 - ``pinv``: the pseudo-inverse alone (FBP / zero-filled), the no-learning reference.
+
+Every trained method of a regime minimises the same loss (deepinv's own :class:`deepinv.loss.EILoss`,
+cold-started, for EI), with the same transformations when given the same generator.
 """
 
 from __future__ import annotations
@@ -28,26 +37,45 @@ from .tasks import channels, pseudo_inverse
 
 
 def build_denoiser(task: str, cfg: ExperimentConfig) -> torch.nn.Module:
-    r"""The shared denoiser architecture: a DnCNN of ``cfg.depth`` layers and ``cfg.width`` features.
-
-    Its last layer is zero-initialised, so the residual network starts as the identity.
+    r"""The shared denoiser: :class:`deepinv_deq.ContractiveDenoiser` with a residual CNN of
+    ``cfg.depth`` convolutions and ``cfg.width`` features, :math:`D = (1-\epsilon) I` at
+    initialisation (``epsilon = cfg.epsilon``).
 
     :param str task: ``"ct"`` or ``"mri"`` (sets the channels).
     :param ExperimentConfig cfg: settings.
     """
+    from ..denoisers import ContractiveDenoiser
+
+    net = ContractiveDenoiser(
+        epsilon=cfg.epsilon, in_channels=channels(task), depth=cfg.depth, width=cfg.width
+    )
+    return net.to(cfg.device)
+
+
+def n_parameters(module: torch.nn.Module) -> int:
+    r"""Number of trainable weights of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def matched_unet(task: str, cfg: ExperimentConfig) -> torch.nn.Module:
+    r"""A :class:`deepinv.models.UNet` (2 scales) whose channel counts are chosen so that it has
+    about as many weights as :func:`build_denoiser` (capacity-matched baseline)."""
     import deepinv as dinv
 
     c = channels(task)
-    net = dinv.models.DnCNN(
-        in_channels=c, out_channels=c, depth=cfg.depth, nf=cfg.width, pretrained=None, device=cfg.device
-    )
-    # DnCNN is residual (x + out_conv(...)): a zero last layer makes it the identity at
-    # initialisation, so DEQ / unrolled training starts from the Landweber iteration instead of
-    # a random, expansive map.
-    torch.nn.init.zeros_(net.out_conv.weight)
-    if net.out_conv.bias is not None:
-        torch.nn.init.zeros_(net.out_conv.bias)
-    return net
+    target = n_parameters(build_denoiser(task, cfg))
+    best = None
+    for w in range(2, 129):
+        net = dinv.models.UNet(in_channels=c, out_channels=c, scales=2, batch_norm=False,
+                               residual=True, channels_per_scale=[w, 2 * w])
+        gap = abs(n_parameters(net) - target)
+        if best is None or gap < best[0]:
+            best = (gap, w)
+        elif n_parameters(net) > target:
+            break
+    w = best[1]
+    return dinv.models.UNet(in_channels=c, out_channels=c, scales=2, batch_norm=False,
+                            residual=True, channels_per_scale=[w, 2 * w])
 
 
 class Unrolled(Reconstructor):
@@ -138,7 +166,7 @@ class PseudoInverseNet(Reconstructor):
             return self.backbone(x)
 
 
-def build_model(task: str, method: str, cfg: ExperimentConfig, denoiser=None) -> torch.nn.Module:
+def build_model(task: str, method: str, cfg: ExperimentConfig, denoiser=None, settings: dict | None = None) -> torch.nn.Module:
     r"""The reconstructor of ``method`` for ``task``.
 
     :param str task: ``"ct"`` or ``"mri"``.
@@ -146,41 +174,44 @@ def build_model(task: str, method: str, cfg: ExperimentConfig, denoiser=None) ->
     :param ExperimentConfig cfg: settings.
     :param torch.nn.Module denoiser: the denoiser to use (``pnp``/``red``: the trained Gaussian
         denoiser); default a fresh :func:`build_denoiser`.
+    :param dict settings: ``stepsize`` and ``lambda_reg`` of PnP/RED (chosen on validation images),
+        ``unrolled_iters`` of the unrolled network (when ``cfg.unrolled_iters`` is 0).
     """
     import deepinv as dinv
     from ..deq import DEQ
 
+    settings = dict(settings or {})
     init = pseudo_inverse(task)
-    if method in ("deq", "deq-jfb", "pnp", "red", "pnp-tv"):
+    if method in ("deq", "deq-jfb", "deq-init", "pnp", "red", "pnp-tv"):
         if method == "pnp-tv":
             denoiser = dinv.models.TVDenoiser(n_it_max=30)
         elif denoiser is None:
             denoiser = build_denoiser(task, cfg)
+        lam = settings.get("lambda_reg", cfg.red_lambda)
         kwargs = dict(
             denoiser=denoiser,
             iteration="RED" if method == "red" else "PGD",
-            stepsize=cfg.stepsize / (1 + cfg.red_lambda) if method == "red" else cfg.stepsize,
+            stepsize=settings.get("stepsize", cfg.stepsize / (1 + lam) if method == "red" else cfg.stepsize),
             sigma_denoiser=cfg.sigma_denoiser,
             max_iter=cfg.max_iter,
             tol=cfg.tol,
+            solver="anderson",
             backward="jfb" if method == "deq-jfb" else "implicit",
             init=init,
         )
         if method == "red":
-            kwargs["lambda_reg"] = cfg.red_lambda
-        if method == "deq":
-            kwargs.update(backward_max_iter=cfg.backward_max_iter, backward_tol=cfg.backward_tol)
+            kwargs["lambda_reg"] = lam
+        if method != "deq-jfb":
+            kwargs.update(backward_max_iter=cfg.backward_max_iter, backward_tol=cfg.backward_tol,
+                          backward_solver="anderson")
         model = DEQ(**kwargs)
     elif method == "unrolled":
         fmap = PGDMap(denoiser if denoiser is not None else build_denoiser(task, cfg),
                       stepsize=cfg.stepsize, sigma_denoiser=cfg.sigma_denoiser)
-        model = Unrolled(fmap, n_iter=cfg.unrolled_iters, init=init)
+        k = cfg.unrolled_iters or settings.get("unrolled_iters", 10)
+        model = Unrolled(fmap, n_iter=k, init=init)
     elif method == "unet":
-        c = channels(task)
-        scales = 3 if cfg.img_size % 8 == 0 else (2 if cfg.img_size % 4 == 0 else 1)
-        backbone = dinv.models.UNet(in_channels=c, out_channels=c, scales=scales,
-                                    batch_norm=False, residual=True)
-        model = PseudoInverseNet(backbone, init=init)
+        model = PseudoInverseNet(matched_unet(task, cfg), init=init)
     elif method == "pinv":
         model = PseudoInverseNet(None, init=init)
     else:
@@ -188,18 +219,18 @@ def build_model(task: str, method: str, cfg: ExperimentConfig, denoiser=None) ->
     return model.to(cfg.device)
 
 
-def build_losses(regime: str, cfg: ExperimentConfig, model=None) -> list:
-    r"""Training losses of a regime.
+def build_losses(regime: str, cfg: ExperimentConfig, rng: torch.Generator | None = None) -> list:
+    r"""Training losses of a regime, the same for every method.
 
     - ``sup``: :class:`deepinv.loss.SupLoss` (ground truth);
     - ``mc``: :class:`deepinv.loss.MCLoss`, measurement consistency :math:`\|A\hat{x}-y\|^2` only;
-    - ``ei``: MC plus the equivariant-imaging term :math:`\alpha\|f(AT_g\hat{x})-T_g\hat{x}\|^2`
-      with random rotations (or shifts); :class:`deepinv_deq.loss.DEQEILoss` (warm-started
-      transformed solve) for a DEQ when available, :class:`deepinv.loss.EILoss` otherwise.
+    - ``ei``: MC plus deepinv's :class:`deepinv.loss.EILoss`,
+      :math:`\alpha\|f(AT_g\hat{x})-T_g\hat{x}\|^2` with random rotations (or shifts), the
+      transformed problem solved from the model's own (cold) initialisation.
 
     :param str regime: ``"sup"``, ``"ei"`` or ``"mc"``.
     :param ExperimentConfig cfg: settings (transform, EI weight).
-    :param model: the model being trained (selects the DEQ-aware EI loss).
+    :param torch.Generator rng: generator of the random transformations (shared across methods).
     """
     import deepinv as dinv
 
@@ -208,16 +239,10 @@ def build_losses(regime: str, cfg: ExperimentConfig, model=None) -> list:
     if regime == "mc":
         return [dinv.loss.MCLoss()]
     if regime == "ei":
-        transform = dinv.transform.Rotate(interpolation_mode="bilinear") if cfg.transform == "rotate" else dinv.transform.Shift()
-        ei_cls = dinv.loss.EILoss
-        from ..deq import DEQ
-
-        if isinstance(model, DEQ):
-            try:
-                from ..loss import DEQEILoss
-
-                ei_cls = DEQEILoss
-            except ImportError:  # pragma: no cover - the DEQ-aware loss is optional
-                pass
-        return [dinv.loss.MCLoss(), ei_cls(transform=transform, weight=cfg.ei_weight)]
+        rng = rng if rng is not None else torch.Generator(cfg.device).manual_seed(cfg.seed)
+        if cfg.transform == "rotate":
+            transform = dinv.transform.Rotate(interpolation_mode="bilinear", rng=rng)
+        else:
+            transform = dinv.transform.Shift(rng=rng)
+        return [dinv.loss.MCLoss(), dinv.loss.EILoss(transform=transform, weight=cfg.ei_weight)]
     raise ValueError(f"build_losses: unknown regime {regime!r}; choose 'sup', 'ei' or 'mc'.")

@@ -1,9 +1,10 @@
-r"""Result tables (Markdown, CSV, JSON) and the reconstruction figure (as the paper's Figure 1)."""
+r"""Result tables (Markdown, CSV, JSON, reStructuredText) with paired seed differences and their 95 % intervals."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -11,7 +12,19 @@ import torch
 from .configs import METHODS, REGIMES
 
 REGIME_NAMES = {"sup": "supervised", "ei": "EI (MC + EI)", "mc": "MC only", "none": "-"}
-COLUMNS = ("task", "method", "regime", "psnr_mean", "psnr_std", "ssim_mean", "ssim_std", "nfe", "train_s")
+COLUMNS = ("task", "method", "regime", "psnr_mean", "psnr_std", "std_over", "ssim_mean", "ssim_std",
+           "nfe", "fwd_converged", "fwd_iters", "bwd_converged", "bwd_iters", "equivariance", "train_s")
+#: two-sided 95 % quantiles of Student's t distribution, by degrees of freedom
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+        10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    r"""Two-sided 95 % quantile of Student's t with ``df`` degrees of freedom (1.96 beyond 30)."""
+    if df < 1:
+        return math.nan
+    keys = [k for k in _T95 if k <= df]
+    return _T95[max(keys)] if df <= 30 else 1.96
 
 
 def _order(r: dict):
@@ -24,21 +37,98 @@ def rows(results: list[dict]) -> list[dict]:
     return [{k: r.get(k) for k in COLUMNS} for r in sorted(results, key=_order)]
 
 
+def paired_difference(a: dict, b: dict) -> dict | None:
+    r"""Paired PSNR difference ``a - b`` over the seeds two runs share (a method that runs once,
+    e.g. the pseudo-inverse, is paired with every seed), with a 95 % Student-t interval.
+
+    :return: ``dict(diffs, mean, lo, hi, n)``, or ``None`` if the runs share no seed.
+    """
+    sa = dict(zip(a.get("seeds", []), a.get("psnr_seeds", [])))
+    sb = dict(zip(b.get("seeds", []), b.get("psnr_seeds", [])))
+    if len(sb) == 1 and len(sa) > 1:
+        sb = {s: next(iter(sb.values())) for s in sa}
+    if len(sa) == 1 and len(sb) > 1:
+        sa = {s: next(iter(sa.values())) for s in sb}
+    common = [s for s in sa if s in sb]
+    if not common:
+        return None
+    d = [sa[s] - sb[s] for s in common]
+    n = len(d)
+    mean = sum(d) / n
+    if n > 1:
+        sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+        half = t95(n - 1) * sd / math.sqrt(n)
+    else:
+        half = math.nan
+    return dict(diffs=d, mean=mean, lo=mean - half, hi=mean + half, n=n)
+
+
+#: the comparisons reported under every table: (label, run a, run b) with runs as (method, regime)
+COMPARISONS = (
+    ("EI-DEQ implicit - EI-DEQ JFB", ("deq", "ei"), ("deq-jfb", "ei")),
+    ("EI-DEQ implicit - supervised DEQ", ("deq", "ei"), ("deq", "sup")),
+    ("EI-DEQ implicit - pseudo-inverse", ("deq", "ei"), ("pinv", "none")),
+    ("EI-DEQ implicit - untrained DEQ", ("deq", "ei"), ("deq-init", "none")),
+    ("EI-DEQ implicit - EI unrolled", ("deq", "ei"), ("unrolled", "ei")),
+    ("EI-DEQ implicit - EI U-Net", ("deq", "ei"), ("unet", "ei")),
+    ("EI-DEQ implicit - PnP", ("deq", "ei"), ("pnp", "none")),
+    ("EI-DEQ implicit - RED", ("deq", "ei"), ("red", "none")),
+    ("supervised DEQ implicit - supervised DEQ JFB", ("deq", "sup"), ("deq-jfb", "sup")),
+    ("MC-only DEQ implicit - EI-DEQ implicit", ("deq", "mc"), ("deq", "ei")),
+)
+
+
+def comparisons(results: list[dict]) -> list[dict]:
+    r"""The paired differences of :data:`COMPARISONS` available in ``results``, per task."""
+    out = []
+    for task in sorted({r["task"] for r in results}):
+        by = {(r["method"], r["regime"]): r for r in results if r["task"] == task}
+        for label, a, b in COMPARISONS:
+            if a in by and b in by:
+                d = paired_difference(by[a], by[b])
+                if d is not None:
+                    out.append(dict(task=task, label=label, **d))
+    return out
+
+
+def _pct(value, iters) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}% ({iters:.1f})"
+
+
+def _cells(r: dict) -> list[str]:
+    psnr = f"{r['psnr_mean']:.2f}"
+    ssim = f"{r['ssim_mean']:.3f}"
+    if r.get("std_over") != "images":
+        psnr += f" ± {r['psnr_std']:.2f}"
+        ssim += f" ± {r['ssim_std']:.3f}"
+    eq = "-" if r.get("equivariance") is None else f"{r['equivariance']:.2e}"
+    tr = "-" if not r.get("train_s") else f"{r['train_s']:.0f}"
+    return [r["task"].upper(), r["method"], REGIME_NAMES[r["regime"]], psnr, ssim,
+            _pct(r.get("fwd_converged"), r.get("fwd_iters")),
+            _pct(r.get("bwd_converged"), r.get("bwd_iters")), eq, tr]
+
+
+HEADER = ["task", "method", "training", "PSNR (dB)", "SSIM", "fwd converged (iters)",
+          "bwd converged (iters)", "equivariance error", "train CPU (s)"]
+
+
 def markdown(results: list[dict], title: str | None = None) -> str:
-    r"""The comparison table in Markdown: PSNR and SSIM as mean :math:`\pm` std over test images."""
+    r"""The comparison table in Markdown: PSNR and SSIM as mean :math:`\pm` standard deviation over
+    the training seeds (a method without training has one value), the fraction of forward and
+    backward solves that reached their tolerance (mean iterations), then the paired differences
+    with their 95 % intervals."""
     lines = [f"### {title}", ""] if title else []
-    lines += [
-        "| task | method | training | PSNR (dB) | SSIM | fwd iters | train (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows(results):
-        nfe = "-" if r["nfe"] is None else f"{r['nfe']:.1f}"
-        tr = "-" if not r["train_s"] else f"{r['train_s']:.0f}"
-        lines.append(
-            f"| {r['task'].upper()} | {r['method']} | {REGIME_NAMES[r['regime']]} | "
-            f"{r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} | {r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} | "
-            f"{nfe} | {tr} |"
-        )
+    lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for r in sorted(results, key=_order):
+        lines.append("| " + " | ".join(_cells(r)) + " |")
+    comp = comparisons(results)
+    if comp:
+        lines += ["", "| task | paired PSNR difference (dB) | mean | 95% interval | seeds |", "|---|---|---|---|---|"]
+        for c in comp:
+            ci = "-" if math.isnan(c["lo"]) else f"[{c['lo']:+.2f}, {c['hi']:+.2f}]"
+            lines.append(f"| {c['task'].upper()} | {c['label']} | {c['mean']:+.2f} | {ci} | {c['n']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -60,76 +150,40 @@ def write_tables(results: list[dict], out, name: str = "results", config: dict |
         w.writeheader()
         w.writerows(rows(results))
     full = [{k: v for k, v in r.items() if k != "skipped"} for r in sorted(results, key=_order)]
-    paths["json"].write_text(json.dumps({"config": config, "runs": full}, indent=1))
+    paths["json"].write_text(json.dumps({"config": config, "runs": full,
+                                         "comparisons": comparisons(results)}, indent=1))
     return paths
 
 
 def figure(results: list[dict], out, task: str, path, reference=None) -> Path:
-    r"""Reconstructions of the first test image by every run of ``task``, with their PSNR in the
-    corner (layout of the paper's Figure 1), saved with matplotlib's Agg backend.
+    r"""Reconstructions of the first test image by every run of ``task`` with their error maps
+    (see :func:`deepinv_deq.experiments.figures.reconstructions`), and next to it
+    ``curves_<task>.png``, the training curves of the trained runs
+    (:func:`deepinv_deq.experiments.figures.training_curves`), when there are any."""
+    from .figures import reconstructions, training_curves
 
-    :param list results: the runs' results.
-    :param str out: the experiment's output directory (holding each run's ``samples.pt``).
-    :param str task: ``"ct"`` or ``"mri"``.
-    :param str path: image file to write (``.png``).
-    :param torch.Tensor reference: the ground-truth image (shown first), shape ``(1, H, W)``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from .runner import run_dir
-
-    panels = []
-    if reference is not None:
-        panels.append(("ground truth", reference, None))
-    for r in rows([r for r in results if r["task"] == task]):
-        full = next(x for x in results if x["task"] == task and x["method"] == r["method"]
-                    and x["regime"] == r["regime"])
-        samples = torch.load(run_dir(out, task, r["method"], r["regime"]) / "samples.pt")
-        label = r["method"] if r["regime"] == "none" else f"{r['method']} ({r['regime']})"
-        panels.append((label, samples[0], full["psnr"][0]))
-    n = len(panels)
-    cols = min(n, 6)
-    nrows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(2.2 * cols, 2.4 * nrows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (label, img, psnr) in zip(axes.flat, panels):
-        ax.imshow(img[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(label, fontsize=8)
-        if psnr is not None:
-            ax.text(0.02, 0.98, f"{psnr:.2f} dB", transform=ax.transAxes, color="yellow",
-                    fontsize=8, va="top", ha="left",
-                    bbox=dict(facecolor="black", alpha=0.5, pad=1, linewidth=0))
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = reconstructions(results, out, task, path, reference=reference)
+    training_curves(results, out, task, Path(path).with_name(f"curves_{task}.png"))
     return path
 
 
 def rst(results: list[dict]) -> str:
-    r"""The comparison table as a reStructuredText ``list-table`` (for the documentation)."""
-    lines = [
-        ".. list-table::",
-        "   :header-rows: 1",
-        "",
-        "   * - task",
-        "     - method",
-        "     - training",
-        "     - PSNR (dB)",
-        "     - SSIM",
-        "     - fwd iters",
-        "     - train (s)",
-    ]
-    for r in rows(results):
-        nfe = "-" if r["nfe"] is None else f"{r['nfe']:.1f}"
-        tr = "-" if not r["train_s"] else f"{r['train_s']:.0f}"
-        cells = [r["task"].upper(), r["method"], REGIME_NAMES[r["regime"]],
-                 f"{r['psnr_mean']:.2f} ± {r['psnr_std']:.2f}",
-                 f"{r['ssim_mean']:.3f} ± {r['ssim_std']:.3f}", nfe, tr]
+    r"""The comparison table as a reStructuredText ``list-table`` (for the documentation), then the
+    paired differences."""
+    lines = [".. list-table::", "   :header-rows: 1", ""]
+    lines.append(f"   * - {HEADER[0]}")
+    lines += [f"     - {h}" for h in HEADER[1:]]
+    for r in sorted(results, key=_order):
+        cells = _cells(r)
         lines.append(f"   * - {cells[0]}")
         lines += [f"     - {c}" for c in cells[1:]]
+    comp = comparisons(results)
+    if comp:
+        lines += ["", ".. list-table::", "   :header-rows: 1", "",
+                  "   * - task", "     - paired PSNR difference (dB)", "     - mean",
+                  "     - 95% interval", "     - seeds"]
+        for c in comp:
+            ci = "n/a" if math.isnan(c["lo"]) else f"[{c['lo']:+.2f}, {c['hi']:+.2f}]"
+            lines += [f"   * - {c['task'].upper()}", f"     - {c['label']}", f"     - {c['mean']:+.2f}",
+                      f"     - {ci}", f"     - {c['n']}"]
     return "\n".join(lines) + "\n"

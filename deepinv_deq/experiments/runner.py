@@ -1,33 +1,46 @@
-r"""Training and evaluation of one run ``(task, method, regime)`` with :class:`deepinv.Trainer`.
+r"""Training and evaluation of one run ``(task, method, regime)``, once per seed.
 
 Layout of an output directory (one per experiment)::
 
-    OUT/<task>/<method>-<regime>/ckpt/attempt_<n>/<time>/ckp_<epoch>.pth.tar   checkpoints (resume from the last)
-    OUT/<task>/<method>-<regime>/model.pt                   trained weights
-    OUT/<task>/<method>-<regime>/result.json                metrics on the held-out images (run done)
-    OUT/<task>/<method>-<regime>/samples.pt                 reconstructions of the first test images
-    OUT/<task>/denoiser/                                    Gaussian denoiser shared by PnP and RED
+    OUT/<task>/<method>-<regime>/seed_<s>/last.pt, best.pt   checkpoints (resume from last.pt)
+    OUT/<task>/<method>-<regime>/seed_<s>/model.pt           trained weights
+    OUT/<task>/<method>-<regime>/seed_<s>/result.json        metrics of that seed (seed done)
+    OUT/<task>/<method>-<regime>/seed_<s>/history.json       training curve (loss, validation PSNR)
+    OUT/<task>/<method>-<regime>/result.json                 metrics over the seeds (run done)
+    OUT/<task>/<method>-<regime>/samples.pt                  reconstructions (first seed)
+    OUT/<task>/denoiser_<sigma>/                             Gaussian denoisers of PnP and RED
 
 A run whose ``result.json`` exists with the same settings is skipped; an interrupted run continues
 from its last checkpoint. A run with *different* settings in the same folder is an error (use
 another ``--out``), so results are never silently mixed.
+
+Fairness: for a seed :math:`s`, every method sees the same training batches, the same noise draws
+and the same EI transformations (seeded generators), the same initial denoiser (same
+initialisation seed) and the same held-out measurements; non-convergence warnings are never
+filtered and every solve of a DEQ is counted (:class:`~deepinv_deq.experiments.training.SolveCounter`).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
-from .configs import ExperimentConfig, FIXED, check_run
+from .configs import ExperimentConfig, FIXED, SOLVED, check_run
 from .methods import build_denoiser, build_losses, build_model
 from .tasks import build_physics
+from .training import SolveCounter, flattened, train, validation_psnr
 from ..data import load_dataset
 
 N_SAMPLES = 2  # test images whose reconstructions are kept for the figures
+#: PnP/RED settings searched on the validation images: training noise levels of the denoiser,
+#: PnP step sizes and RED weights (RED's step is 1 / (1 + lambda)).
+PNP_SIGMAS = (0.02, 0.05, 0.1)
+PNP_STEPSIZES = (0.5, 1.0)
+RED_LAMBDAS = (0.2, 1.0, 5.0)
 
 
 def run_dir(out: Path, task: str, method: str, regime: str) -> Path:
@@ -59,22 +72,12 @@ def _check_settings(folder: Path, cfg: ExperimentConfig) -> None:
         path.write_text(json.dumps(key, indent=1))
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
-    # dinv.Trainer writes save_path/<timestamp>/ckp_<epoch>.pth.tar
-    ckpts = [p for p in folder.rglob("ckp_*.pth.tar") if p.name.split("_")[1].split(".")[0].isdigit()]
-    ckpts.sort(key=lambda p: (int(p.name.split("_")[1].split(".")[0]), p.stat().st_mtime))
-    return ckpts[-1] if ckpts else None
-
-
-def _loader(dataset, cfg: ExperimentConfig, shuffle: bool, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=shuffle, generator=g, drop_last=False
-    )
+def _generator(cfg: ExperimentConfig, *names) -> torch.Generator:
+    return torch.Generator(cfg.device).manual_seed(_seed_for(cfg, *names))
 
 
 class _DenoiserReconstructor(torch.nn.Module):
-    # lets dinv.Trainer train a denoiser on the Denoising physics: model(y, physics) = D(y, sigma)
+    # trains a denoiser on the Denoising physics: model(y, physics) = D(y, sigma)
     def __init__(self, denoiser, sigma: float):
         super().__init__()
         self.denoiser = denoiser
@@ -84,118 +87,87 @@ class _DenoiserReconstructor(torch.nn.Module):
         return self.denoiser(y, self.sigma)
 
 
-def _train(model, physics, losses, dataset, cfg, folder: Path, epochs: int, seed: int, progress: bool):
-    import deepinv as dinv
-
-    ckdir = folder / "ckpt"
-    ckdir.mkdir(parents=True, exist_ok=True)
-    latest = _latest_checkpoint(ckdir)
-    # dinv.Trainer refuses an existing save_path/<timestamp to the second>: one folder per attempt
-    attempt = ckdir / f"attempt_{len([p for p in ckdir.iterdir() if p.is_dir()])}"
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*non_blocking_transfers.*")
-        trainer = _trainer(model, physics, losses, dataset, cfg, attempt, latest, epochs, seed, progress)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*backward solve did not converge.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*non_blocking_transfers.*")
-        trainer.train()
-    return trainer
-
-
-def _trainer(model, physics, losses, dataset, cfg, ckdir, latest, epochs, seed, progress):
-    import deepinv as dinv
-
-    return dinv.Trainer(
-        model=model,
-        physics=physics,
-        optimizer=torch.optim.Adam(model.parameters(), lr=cfg.lr),
-        train_dataloader=_loader(dataset, cfg, True, seed),
-        epochs=epochs,
-        losses=losses,
-        online_measurements=True,
-        device=torch.device(cfg.device),
-        save_path=str(ckdir),
-        ckp_interval=1,
-        ckpt_pretrained=str(latest) if latest else None,
-        compute_train_metrics=False,
-        grad_clip=1.0,
-        check_grad=True,
-        verbose=progress,  # deepinv shows its progress bars only when verbose
-        show_progress_bar=progress,
-    )
-
-
-def train_denoiser(task: str, cfg: ExperimentConfig, out: Path, progress: bool = True):
-    r"""The DnCNN of PnP/RED, trained once per task as a Gaussian denoiser (noise level
-    ``cfg.sigma_denoiser``) on the clean training images; cached in ``OUT/<task>/denoiser``.
+def train_denoiser(task: str, cfg: ExperimentConfig, out: Path, sigma: float | None = None,
+                   progress: bool = True, log=print):
+    r"""The denoiser of PnP/RED, trained once per task and noise level ``sigma`` (default
+    ``cfg.sigma_denoiser``) as a Gaussian denoiser on the clean training images; cached in
+    ``OUT/<task>/denoiser_<sigma>``.
 
     :return: the trained denoiser.
     """
     import deepinv as dinv
 
-    folder = Path(out) / task / "denoiser"
+    sigma = cfg.sigma_denoiser if sigma is None else sigma
+    folder = Path(out) / task / f"denoiser_{sigma:g}"
     _check_settings(folder, cfg)
+    torch.manual_seed(_seed_for(cfg, task, "denoiser-init"))
     denoiser = build_denoiser(task, cfg)
     weights = folder / "model.pt"
     if weights.exists():
         denoiser.load_state_dict(torch.load(weights, map_location=cfg.device))
         return denoiser
-    seed = _seed_for(cfg, task, "denoiser")
-    torch.manual_seed(seed)
-    denoiser = build_denoiser(task, cfg)
-    physics = dinv.physics.Denoising(dinv.physics.GaussianNoise(sigma=cfg.sigma_denoiser), device=cfg.device)
-    train = load_dataset(cfg.data, task, cfg.n_train, cfg.img_size, cfg.seed, split=0)
-    model = _DenoiserReconstructor(denoiser, cfg.sigma_denoiser)
-    _train(model, physics, [dinv.loss.SupLoss()], train, cfg, folder, cfg.denoiser_epochs, seed, progress)
+    noise = _generator(cfg, task, "denoiser-noise", str(sigma))
+    physics = dinv.physics.Denoising(dinv.physics.GaussianNoise(sigma=sigma, rng=noise), device=cfg.device)
+    data = load_dataset(cfg.data, task, cfg.n_train, cfg.size_of(task), cfg.seed, split=0, counts=_counts(cfg))
+    model = _DenoiserReconstructor(denoiser, sigma)
+    train(model, physics, [dinv.loss.SupLoss()], data, cfg, folder, _seed_for(cfg, task, "denoiser"),
+          cfg.denoiser_epochs, label=f"{task} denoiser {sigma:g}", log=log)
     torch.save(denoiser.state_dict(), weights)
     return denoiser
 
 
-def held_out_measurements(task: str, cfg: ExperimentConfig, physics):
-    r"""The held-out images and their measurements, identical for every method (seeded noise).
+def _counts(cfg: ExperimentConfig) -> tuple[int, int, int]:
+    return (cfg.n_train, cfg.n_test, cfg.n_val)
 
+
+def held_out_measurements(task: str, cfg: ExperimentConfig, physics=None, split: str = "test"):
+    r"""Held-out images and their measurements, identical for every method and seed (their noise
+    comes from a generator of their own).
+
+    :param str split: ``"test"`` (``cfg.n_test`` images) or ``"val"`` (``cfg.n_val`` images).
     :return: list of ``(x, y)`` batches on ``cfg.device``.
     """
-    test = load_dataset(cfg.data, task, cfg.n_test, cfg.img_size, cfg.seed, split=1)
+    index, n = {"test": (1, cfg.n_test), "val": (2, cfg.n_val)}[split]
+    data = load_dataset(cfg.data, task, n, cfg.size_of(task), cfg.seed, split=index, counts=_counts(cfg))
+    noisy = build_physics(task, cfg, rng=_generator(cfg, task, f"{split}-noise"))
     batches = []
-    rng_state = torch.random.get_rng_state()
-    torch.manual_seed(_seed_for(cfg, task, "test-noise"))
-    try:
-        for x in _loader(test, cfg, False, 0):
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=False)
+    with torch.no_grad():
+        for x in loader:
             x = x.to(cfg.device)
-            with torch.no_grad():
-                batches.append((x, physics(x)))
-    finally:
-        torch.random.set_rng_state(rng_state)
+            batches.append((x, noisy(x)))
     return batches
 
 
 def magnitude(x: torch.Tensor) -> torch.Tensor:
-    r"""Image shown and scored: the magnitude for 2-channel (complex MRI) images, else the image."""
+    r"""Image shown and scored: the magnitude for 2-channel (complex MRI) images
+    (:func:`deepinv.utils.complex_abs`), else the image."""
     if x.shape[1] == 2:
-        return x.pow(2).sum(1, keepdim=True).sqrt()
+        from deepinv.utils import complex_abs
+
+        return complex_abs(x, dim=1, keepdim=True)
     return x
 
 
-def evaluate(model, task: str, cfg: ExperimentConfig, physics, batches=None) -> dict:
-    r"""PSNR and SSIM (mean, std over the held-out images) of ``model`` on ``task``.
+def evaluate(model, task: str, cfg: ExperimentConfig, physics, batches=None, counter=None) -> dict:
+    r"""PSNR and SSIM of ``model`` on the held-out images of ``task``.
 
     Scores are computed on the magnitude image clipped to :math:`[0, 1]` (peak value 1).
 
-    :return: a dict with ``psnr``, ``ssim`` (lists per image), their means and standard deviations,
-        the evaluation time, the mean number of forward iterations of DEQ solves when available and
-        ``samples``: reconstructions of the first :data:`N_SAMPLES` test images.
+    :return: a dict with ``psnr``, ``ssim`` (lists per image), their means and standard deviations
+        over the images, the evaluation time, the mean forward iterations of the DEQ solves
+        (``nfe``) and ``samples``: reconstructions of the first :data:`N_SAMPLES` test images.
     """
     import deepinv as dinv
 
-    batches = batches if batches is not None else held_out_measurements(task, cfg, physics)
+    batches = batches if batches is not None else held_out_measurements(task, cfg)
     psnr, ssim = dinv.metric.PSNR(max_pixel=1.0), dinv.metric.SSIM(max_pixel=1.0)
     model.eval()
+    if counter is not None:
+        counter.set_phase("test")
     values = {"psnr": [], "ssim": []}
     nfe, samples = [], []
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     with torch.no_grad():
         for x, y in batches:
             x_hat = model(y, physics)
@@ -207,7 +179,7 @@ def evaluate(model, task: str, cfg: ExperimentConfig, physics, batches=None) -> 
                 nfe.append(float(stats.nfe))
             if len(samples) < N_SAMPLES:
                 samples += list(magnitude(x_hat)[: N_SAMPLES - len(samples)].cpu())
-    out = {"eval_s": time.perf_counter() - t0}
+    out = {"eval_s": time.process_time() - t0}
     for k, v in values.items():
         t = torch.tensor(v, dtype=torch.float64)
         out[k] = v
@@ -218,58 +190,204 @@ def evaluate(model, task: str, cfg: ExperimentConfig, physics, batches=None) -> 
     return out
 
 
+def _equivariance(model, task, cfg, physics, batches) -> float:
+    import deepinv as dinv
+    from ..diagnostics import equivariance_error
+
+    rng = _generator(cfg, task, "equivariance")
+    transform = (dinv.transform.Rotate(interpolation_mode="bilinear", rng=rng)
+                 if cfg.transform == "rotate" else dinv.transform.Shift(rng=rng))
+    model.eval()
+    with torch.no_grad():
+        return float(equivariance_error(model, physics, transform, [x for x, _ in batches], n_draws=2))
+
+
+def _choose_fixed(task, method, cfg, out, physics, val, progress, log):
+    # PnP / RED: the denoiser's training noise level and the step (PnP) or weight (RED) with the
+    # best validation PSNR, each iterated to cfg.tol
+    grid = PNP_STEPSIZES if method == "pnp" else RED_LAMBDAS
+    best = None
+    tried = []
+    for sigma in PNP_SIGMAS:
+        denoiser = train_denoiser(task, cfg, out, sigma, progress, log)
+        for value in grid:
+            settings = ({"stepsize": value} if method == "pnp"
+                        else {"lambda_reg": value, "stepsize": cfg.stepsize / (1 + value)})
+            model = build_model(task, method, cfg, denoiser=denoiser, settings=settings)
+            score = validation_psnr(model, physics, val, magnitude)
+            tried.append(dict(sigma=sigma, **settings, val_psnr=score))
+            if best is None or score > best[0]:
+                best = (score, denoiser, dict(sigma=sigma, **settings))
+    return best[1], best[2], tried
+
+
+def _unrolled_iters(task, cfg, physics, val) -> int:
+    # K = mean forward iterations of the DEQ at initialisation on the validation images
+    model = build_model(task, "deq-init", cfg)
+    model.eval()
+    nfe = []
+    with torch.no_grad():
+        for _, y in val:
+            model(y, physics)
+            nfe.append(model.forward_stats.nfe)
+    return max(1, round(sum(nfe) / len(nfe)))
+
+
+def _run_seed(task, method, regime, cfg, out, seed, physics, val, test, progress, log, label):
+    folder = run_dir(out, task, method, regime) / f"seed_{seed}"
+    done = folder / "result.json"
+    if done.exists():
+        return json.loads(done.read_text()), torch.load(folder / "samples.pt")
+    folder.mkdir(parents=True, exist_ok=True)
+    scfg = ExperimentConfig(**{**cfg.to_dict(), "seed": seed})
+    extra, denoiser, settings = {}, None, {}
+    if method in ("pnp", "red"):
+        denoiser, settings, tried = _choose_fixed(task, method, cfg, out, physics, val, progress, log)
+        extra.update(settings=settings, tried=tried)
+    if method == "unrolled" and not cfg.unrolled_iters:
+        settings["unrolled_iters"] = _unrolled_iters(task, cfg, physics, val)
+        extra["unrolled_iters"] = settings["unrolled_iters"]
+    # the same initial weights for every method of a seed (same initialisation seed)
+    torch.manual_seed(_seed_for(scfg, task, "init"))
+    model = build_model(task, method, cfg, denoiser=denoiser, settings=settings)
+    counter = SolveCounter(model)
+    history = None
+    if method not in FIXED:
+        noise = _generator(scfg, task, "train-noise")
+        transforms = _generator(scfg, task, "transforms")
+        train_physics = build_physics(task, cfg, rng=noise)
+        losses = build_losses(regime, cfg, rng=transforms)
+        data = load_dataset(cfg.data, task, cfg.n_train, cfg.size_of(task), cfg.seed, split=0,
+                            counts=_counts(cfg))
+        log(f"{label}: training {cfg.epochs} epochs on {cfg.n_train} images (seed {seed})")
+        history = train(model, train_physics, losses, data, cfg, folder, _seed_for(scfg, task, "batches"),
+                        cfg.epochs, val_batches=val, to_image=magnitude, counter=counter, label=label,
+                        progress=progress, log=log)
+        torch.save(model.state_dict(), folder / "model.pt")
+        (folder / "history.json").write_text(json.dumps(history, indent=1))
+    result = evaluate(model, task, cfg, physics, test, counter=counter)
+    samples = result.pop("samples")
+    result.update(seed=seed, train_s=history["train_s"] if history else 0.0, **extra)
+    if history is not None:
+        result["val_change_last20"] = flattened(history)
+    if method in SOLVED:
+        result["counts"] = counter.counts
+        for phase in ("train", "test"):
+            result[phase] = counter.summary(phase)
+    if cfg.equivariance and method not in FIXED or (cfg.equivariance and method == "deq-init"):
+        result["equivariance"] = _equivariance(model, task, cfg, physics, test)
+    counter.remove()
+    torch.save(samples, folder / "samples.pt")
+    done.write_text(json.dumps(result, indent=1))
+    return result, samples
+
+
+def _fraction(results, kind) -> float | None:
+    samples = sum(c[kind]["samples"] for r in results for c in r.get("counts", {}).values())
+    conv = sum(c[kind]["converged"] for r in results for c in r.get("counts", {}).values())
+    return conv / samples if samples else None
+
+
+def _mean_iters(results, kind, phases=("train", "val", "test")) -> float | None:
+    solves = sum(r["counts"][p][kind]["solves"] for r in results if "counts" in r for p in phases)
+    nfe = sum(r["counts"][p][kind]["nfe_sum"] for r in results if "counts" in r for p in phases)
+    return nfe / solves if solves else None
+
+
+def aggregate(task: str, method: str, regime: str, per_seed: list[dict]) -> dict:
+    r"""One result over the seeds of a run: ``psnr`` / ``ssim`` per test image averaged over the
+    seeds, ``psnr_mean``, ``psnr_std`` (over the seeds' means; over the images with one seed),
+    ``psnr_seeds``, the converged fractions of every forward / backward solve (training,
+    validation and test), mean iterations, training time summed over the seeds."""
+    out = dict(task=task, method=method, regime=regime, seeds=[r["seed"] for r in per_seed])
+    for key in ("psnr", "ssim"):
+        per_image = torch.tensor([r[key] for r in per_seed], dtype=torch.float64)
+        means = per_image.mean(1)
+        out[key] = per_image.mean(0).tolist()
+        out[f"{key}_seeds"] = means.tolist()
+        out[f"{key}_mean"] = float(means.mean())
+        out[f"{key}_std"] = float(means.std(unbiased=True)) if len(per_seed) > 1 else per_seed[0][f"{key}_std"]
+    out["std_over"] = "seeds" if len(per_seed) > 1 else "images"
+    nfe = [r["nfe"] for r in per_seed if r.get("nfe") is not None]
+    out["nfe"] = sum(nfe) / len(nfe) if nfe else None
+    out["train_s"] = sum(r["train_s"] for r in per_seed)
+    out["eval_s"] = sum(r["eval_s"] for r in per_seed)
+    if any("counts" in r for r in per_seed):
+        out["fwd_converged"] = _fraction(per_seed, "forward")
+        out["bwd_converged"] = _fraction(per_seed, "backward")
+        out["fwd_iters"] = _mean_iters(per_seed, "forward")
+        out["bwd_iters"] = _mean_iters(per_seed, "backward")
+        out["fwd_iters_max"] = max(r["counts"][p]["forward"]["nfe_max"] for r in per_seed for p in r["counts"])
+        out["bwd_iters_max"] = max(r["counts"][p]["backward"]["nfe_max"] for r in per_seed for p in r["counts"])
+    for key in ("equivariance", "val_change_last20", "unrolled_iters", "settings"):
+        values = [r[key] for r in per_seed if r.get(key) is not None]
+        if values:
+            out[key] = sum(values) / len(values) if isinstance(values[0], (int, float)) else values[0]
+    out["per_seed"] = [{k: v for k, v in r.items() if k not in ("counts",)} for r in per_seed]
+    return out
+
+
 def run(task: str, method: str, regime: str | None, cfg: ExperimentConfig, out,
-        progress: bool = True, log=print) -> dict:
-    r"""Train (if needed) and evaluate one run; resumable.
+        progress: bool = True, log=print, label: str | None = None, verbose: bool = False,
+        overwrite: bool = False) -> dict:
+    r"""Train (if needed, once per seed of ``cfg.seed_list()``) and evaluate one run; resumable.
+
+    Methods without training (``pinv``, ``pnp-tv``, ``deq-init``, ``pnp``, ``red``) run once.
 
     :param str task: ``"ct"`` or ``"mri"``.
     :param str method: a method name (see :data:`deepinv_deq.experiments.configs.METHODS`).
     :param str regime: ``"sup"``, ``"ei"``, ``"mc"``; ``None``/``"none"`` for fixed methods.
     :param ExperimentConfig cfg: settings.
     :param str out: output directory.
-    :param bool progress: show progress bars.
+    :param bool progress: print the training curve as it is measured.
     :param Callable log: where progress messages go.
+    :param str label: name of the run in the messages (e.g. ``"run 3/7: ct deq ei"``).
+    :param bool verbose: also print the training curve (as ``progress``).
+    :param bool overwrite: delete the run's folder first (train again from scratch).
     :return: the run's result (also in ``result.json``); ``skipped`` is ``True`` if it was done before.
     """
     task, method, regime = check_run(task, method, regime)
+    label = label or f"{task} {method} {regime}"
     out = Path(out)
     folder = run_dir(out, task, method, regime)
+    if overwrite and folder.exists():
+        shutil.rmtree(folder)
+    progress = progress or verbose
     _check_settings(folder, cfg)
     result_path = folder / "result.json"
     if result_path.exists():
         result = json.loads(result_path.read_text())
         result["skipped"] = True
-        log(f"[{task}] {method:>9s} {regime:>4s}: done before, skipped "
-            f"(PSNR {result['psnr_mean']:.2f} dB)")
+        log(f"{label}: done before, skipped (PSNR {result['psnr_mean']:.2f} dB)")
         return result
     physics = build_physics(task, cfg)
-    denoiser = train_denoiser(task, cfg, out, progress) if method in ("pnp", "red") else None
-    torch.manual_seed(_seed_for(cfg, task, method, regime, "init"))
-    model = build_model(task, method, cfg, denoiser=denoiser)
-    t0 = time.perf_counter()
-    if method not in FIXED:
-        log(f"[{task}] {method:>9s} {regime:>4s}: training {cfg.epochs} epochs on {cfg.n_train} images")
-        train = load_dataset(cfg.data, task, cfg.n_train, cfg.img_size, cfg.seed, split=0)
-        losses = build_losses(regime, cfg, model)
-        _train(model, physics, losses, train, cfg, folder, cfg.epochs,
-               _seed_for(cfg, task, method, regime), progress)
-        torch.save(model.state_dict(), folder / "model.pt")
-    train_s = time.perf_counter() - t0
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*did not converge.*")
-        result = evaluate(model, task, cfg, physics)
-    torch.save(result.pop("samples"), folder / "samples.pt")
-    result.update(task=task, method=method, regime=regime, train_s=train_s, skipped=False)
+    val = held_out_measurements(task, cfg, split="val")
+    test = held_out_measurements(task, cfg, split="test")
+    seeds = [cfg.seed] if method in FIXED else cfg.seed_list()
+    per_seed, samples = [], None
+    for seed in seeds:
+        result, s = _run_seed(task, method, regime, cfg, out, seed, physics, val, test, progress, log, label)
+        per_seed.append(result)
+        samples = s if samples is None else samples
+    result = aggregate(task, method, regime, per_seed)
+    torch.save(samples, folder / "samples.pt")
     result_path.write_text(json.dumps(result, indent=1))
-    log(f"[{task}] {method:>9s} {regime:>4s}: PSNR {result['psnr_mean']:.2f} +- "
-        f"{result['psnr_std']:.2f} dB, SSIM {result['ssim_mean']:.3f} (train {train_s:.0f} s)")
+    result["skipped"] = False
+    conv = ""
+    if result.get("fwd_converged") is not None:
+        bwd = result.get("bwd_converged")
+        conv = (f", converged fwd {100 * result['fwd_converged']:.1f}% "
+                f"({result['fwd_iters']:.1f} it), bwd "
+                + ("-" if bwd is None else f"{100 * bwd:.1f}% ({result['bwd_iters']:.1f} it)"))
+    log(f"{label}: PSNR {result['psnr_mean']:.2f} +- {result['psnr_std']:.2f} dB over "
+        f"{len(seeds)} seed(s){conv} (train {result['train_s']:.0f} s CPU)")
     return result
 
 
 def reevaluate(folder, cfg: ExperimentConfig | None = None, log=print) -> dict:
     r"""Evaluate the trained weights of a finished run again (``deepinv-deq eval``).
 
-    :param str folder: the run folder (holding ``config.json`` and ``model.pt`` or ``result.json``).
+    :param str folder: the run folder (holding ``config.json`` and ``seed_<s>/model.pt``).
     :param ExperimentConfig cfg: settings; default those stored with the run (``n_test``, ``device``
         may differ from training).
     """
@@ -283,21 +401,38 @@ def reevaluate(folder, cfg: ExperimentConfig | None = None, log=print) -> dict:
     method, _, regime = name.rpartition("-") if name.rsplit("-", 1)[-1] in ("sup", "ei", "mc") else (name, "", "none")
     task, method, regime = check_run(task, method, regime)
     physics = build_physics(task, cfg)
-    denoiser = None
-    if method in ("pnp", "red"):
-        denoiser = build_denoiser(task, cfg)
-        denoiser.load_state_dict(torch.load(folder.parent / "denoiser" / "model.pt", map_location=cfg.device))
-    model = build_model(task, method, cfg, denoiser=denoiser)
-    if method not in FIXED:
-        weights = folder / "model.pt"
-        if not weights.exists():
-            raise FileNotFoundError(f"'{folder}': no trained weights (model.pt); train the run first.")
-        model.load_state_dict(torch.load(weights, map_location=cfg.device))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*did not converge.*")
-        result = evaluate(model, task, cfg, physics)
-    result.pop("samples")
+    test = held_out_measurements(task, cfg, split="test")
     old = json.loads((folder / "result.json").read_text()) if (folder / "result.json").exists() else {}
-    result.update(task=task, method=method, regime=regime, train_s=old.get("train_s"), skipped=False)
+    per_seed = []
+    seeds = [cfg.seed] if method in FIXED else cfg.seed_list()
+    for seed in seeds:
+        sub = folder / f"seed_{seed}"
+        seed_result = json.loads((sub / "result.json").read_text()) if (sub / "result.json").exists() else {}
+        denoiser = None
+        settings = dict(seed_result.get("settings") or {})
+        if "unrolled_iters" in seed_result:
+            settings["unrolled_iters"] = seed_result["unrolled_iters"]
+        if method in ("pnp", "red"):
+            if "sigma" not in settings:
+                raise FileNotFoundError(f"'{sub}': no chosen PnP/RED settings; run it first.")
+            denoiser = build_denoiser(task, cfg)
+            weights = folder.parent / f"denoiser_{settings.pop('sigma'):g}" / "model.pt"
+            denoiser.load_state_dict(torch.load(weights, map_location=cfg.device))
+        model = build_model(task, method, cfg, denoiser=denoiser, settings=settings)
+        if method not in FIXED:
+            weights = sub / "model.pt"
+            if not weights.exists():
+                raise FileNotFoundError(f"'{folder}': no trained weights ({weights.name}); train the run first.")
+            model.load_state_dict(torch.load(weights, map_location=cfg.device))
+        counter = SolveCounter(model)
+        result = evaluate(model, task, cfg, physics, test, counter=counter)
+        result.pop("samples")
+        result.update(seed=seed, train_s=seed_result.get("train_s", 0.0))
+        if method in SOLVED:
+            result["counts"] = counter.counts
+        counter.remove()
+        per_seed.append(result)
+    result = aggregate(task, method, regime, per_seed)
+    result.update(train_s=old.get("train_s"), skipped=False)
     log(f"[{task}] {method:>9s} {regime:>4s}: PSNR {result['psnr_mean']:.2f} +- {result['psnr_std']:.2f} dB")
     return result

@@ -4,8 +4,12 @@ r"""The two inverse problems of the paper, as deepinv physics.
   180 degrees, normalised so that :math:`\|A\|=1` (then a PGD step size :math:`\eta=1\le 1/\|A\|^2`),
   Gaussian noise.
 - Accelerated MRI: single-coil :class:`deepinv.physics.MRI` with a fixed Cartesian mask drawn by
-  deepinv's :class:`deepinv.physics.generator.GaussianMaskGenerator` (acceleration 8, fixed
-  low-frequency lines), Gaussian noise. :math:`\|A\|=1` since the FFT is orthonormal.
+  deepinv's :class:`deepinv.physics.generator.GaussianMaskGenerator` (acceleration 4 by default,
+  8 % fully sampled central lines as in fastMRI's 4x masks), Gaussian noise. :math:`\|A\|=1`
+  since the FFT is orthonormal.
+
+The noise model draws from the generator ``rng`` when one is given, so that every method of a
+comparison sees the same noise.
 """
 
 from __future__ import annotations
@@ -15,30 +19,31 @@ import torch
 from .configs import ExperimentConfig
 
 
-def build_physics(task: str, cfg: ExperimentConfig):
+def build_physics(task: str, cfg: ExperimentConfig, rng: torch.Generator | None = None):
     r"""The forward operator of ``task`` (``"ct"`` or ``"mri"``) on ``cfg.device``.
 
     :param str task: ``"ct"`` or ``"mri"``.
     :param ExperimentConfig cfg: settings (image size, views, acceleration, noise, seed).
+    :param torch.Generator rng: generator of the measurement noise (default: torch's global one).
     """
     import deepinv as dinv
 
     device = torch.device(cfg.device)
-    n = cfg.img_size
+    n = cfg.size_of(task)
     if task == "ct":
         physics = dinv.physics.Tomography(
             angles=cfg.views,
             img_width=n,
             circle=False,
             normalize=True,
-            noise_model=dinv.physics.GaussianNoise(sigma=cfg.ct_noise),
+            noise_model=dinv.physics.GaussianNoise(sigma=cfg.ct_noise, rng=rng),
             device=device,
         )
     elif task == "mri":
         gen = dinv.physics.generator.GaussianMaskGenerator(
             img_size=(n, n),
             acceleration=cfg.acceleration,
-            center_fraction=0.5 / cfg.acceleration,
+            center_fraction=cfg.center_fraction,
             rng=torch.Generator(device).manual_seed(cfg.seed),
             device=device,
         )
@@ -46,7 +51,7 @@ def build_physics(task: str, cfg: ExperimentConfig):
         physics = dinv.physics.MRI(
             mask=mask,
             img_size=(n, n),
-            noise_model=dinv.physics.GaussianNoise(sigma=cfg.mri_noise),
+            noise_model=dinv.physics.GaussianNoise(sigma=cfg.mri_noise, rng=rng),
             device=device,
         )
     else:

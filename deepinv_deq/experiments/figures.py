@@ -1,0 +1,154 @@
+r"""Figures of the experiments: reconstructions with error maps, and training curves.
+
+Both are drawn with matplotlib's Agg backend (no display needed) and labelled in words, not in
+command-line codes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+#: readable names of the runs, by (method, regime)
+LABELS = {
+    ("deq", "ei"): "EI-DEQ (implicit)",
+    ("deq-jfb", "ei"): "EI-DEQ (JFB)",
+    ("deq", "sup"): "supervised DEQ",
+    ("deq-jfb", "sup"): "supervised DEQ (JFB)",
+    ("deq", "mc"): "MC-only DEQ",
+    ("deq-jfb", "mc"): "MC-only DEQ (JFB)",
+    ("unrolled", "ei"): "EI unrolled",
+    ("unrolled", "sup"): "supervised unrolled",
+    ("unrolled", "mc"): "MC-only unrolled",
+    ("unet", "ei"): "EI U-Net",
+    ("unet", "sup"): "supervised U-Net",
+    ("unet", "mc"): "MC-only U-Net",
+    ("pnp", "none"): "PnP (trained denoiser)",
+    ("red", "none"): "RED (trained denoiser)",
+    ("pnp-tv", "none"): "PnP-TV",
+    ("deq-init", "none"): "untrained DEQ",
+}
+FONT = 11
+
+
+def label(method: str, regime: str, task: str = "ct") -> str:
+    r"""Readable name of a run (e.g. ``"EI-DEQ (implicit)"``, ``"FBP"``, ``"zero-filled"``)."""
+    if method == "pinv":
+        return "FBP" if task == "ct" else "zero-filled"
+    return LABELS.get((method, regime), f"{method} ({regime})")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def reconstructions(results: list[dict], out, task: str, path, reference=None, error_max: float = 0.2) -> Path:
+    r"""Ground truth and the reconstruction of the first test image by every run of ``task``
+    (top row, PSNR in the title), with the absolute error maps below (shared colour scale
+    ``[0, error_max]``).
+
+    :param list results: the runs' results.
+    :param str out: the experiment's output directory (holding each run's ``samples.pt``).
+    :param str task: ``"ct"`` or ``"mri"``.
+    :param str path: image file to write (``.png``).
+    :param torch.Tensor reference: the ground-truth magnitude image, shape ``(1, H, W)``.
+    :param float error_max: upper end of the error colour scale. Default: ``0.2``.
+    :return: the path written.
+    """
+    from .results import rows
+    from .runner import run_dir
+
+    plt = _pyplot()
+    panels = []
+    for r in rows([r for r in results if r["task"] == task]):
+        full = next(x for x in results if x["task"] == task and x["method"] == r["method"]
+                    and x["regime"] == r["regime"])
+        samples = torch.load(run_dir(out, task, r["method"], r["regime"]) / "samples.pt")
+        panels.append((label(r["method"], r["regime"], task), samples[0], full["psnr"][0]))
+    n = len(panels) + (reference is not None)
+    fig, axes = plt.subplots(2, n, figsize=(2.3 * n, 5.0), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    col = 0
+    if reference is not None:
+        axes[0, 0].imshow(reference[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[0, 0].set_title("ground truth", fontsize=FONT)
+        axes[1, 0].axis("off")
+        col = 1
+    im = None
+    for j, (name, img, psnr) in enumerate(panels, start=col):
+        axes[0, j].imshow(img[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[0, j].set_title(f"{name}\n{psnr:.2f} dB", fontsize=FONT)
+        if reference is not None:
+            err = (img[0].clamp(0, 1) - reference[0]).abs().numpy()
+            im = axes[1, j].imshow(err, cmap="inferno", vmin=0, vmax=error_max)
+            axes[1, j].set_xlabel("|error|", fontsize=FONT - 1)
+        else:
+            axes[1, j].axis("off")
+    fig.tight_layout()
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[1, col:]), shrink=0.8, pad=0.01)
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def _histories(out, task, method, regime) -> list[dict]:
+    from .runner import run_dir
+
+    folder = run_dir(out, task, method, regime)
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("seed_*/history.json"))]
+
+
+def training_curves(results: list[dict], out, task: str, path) -> Path | None:
+    r"""Validation PSNR (left) and training loss (right) against the training step, per trained
+    run of ``task`` (mean over the seeds, shaded between their minimum and maximum).
+
+    :return: the path written, or ``None`` if no run of ``task`` has a training history.
+    """
+    from .results import rows
+
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    drawn = 0
+    for r in rows([r for r in results if r["task"] == task]):
+        hist = _histories(out, task, r["method"], r["regime"])
+        if not hist or not hist[0]["val_step"]:
+            continue
+        name = label(r["method"], r["regime"], task)
+        for ax, xs, ys in ((left, "val_step", "val_psnr"), (right, "loss_step", "loss")):
+            k = min(len(h[ys]) for h in hist)
+            steps = hist[0][xs][:k]
+            values = torch.tensor([h[ys][:k] for h in hist], dtype=torch.float64)
+            line, = ax.plot(steps, values.mean(0).tolist(), label=name, lw=1.8)
+            if len(hist) > 1:
+                ax.fill_between(steps, values.min(0).values.tolist(), values.max(0).values.tolist(),
+                                color=line.get_color(), alpha=0.2)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    left.set_xlabel("training step", fontsize=FONT)
+    left.set_ylabel("validation PSNR (dB)", fontsize=FONT)
+    right.set_xlabel("training step", fontsize=FONT)
+    right.set_ylabel("training loss", fontsize=FONT)
+    right.set_yscale("log")
+    left.legend(fontsize=FONT - 1)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=FONT - 1)
+    fig.suptitle(f"{task.upper()}: training curves (mean over seeds, band = min-max)", fontsize=FONT + 1)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
