@@ -35,6 +35,7 @@ from deepinv.loss import EILoss, Loss, MOEILoss, SureGaussianLoss
 
 from ._validation import check_choice, check_float, check_int, reject_unknown
 from .deq import DEQ
+from .maps import autograd_vjp
 
 __all__ = ["DEQEILoss", "DEQMOEILoss", "DEQSureGaussianLoss", "JacobianNormLoss", "is_deq"]
 
@@ -292,7 +293,8 @@ class JacobianNormLoss(Loss):
     r"""Jacobian-norm regulariser of a DEQ at its fixed point (Hutchinson estimate).
 
     Penalises the Frobenius norm of the Jacobian of the fixed-point map at the reconstruction,
-    which keeps the map contractive there and the forward and backward solves short:
+    which keeps the map contractive there and the forward and backward solves short
+    :footcite:`bai2019deep`:
 
     .. math::
 
@@ -301,29 +303,43 @@ class JacobianNormLoss(Loss):
         \qquad \mathbb{E}[\varepsilon_k\varepsilon_k^\top] = I,
 
     with :math:`n` the number of entries of :math:`x^\star` (only if ``normalize``) and :math:`K`
-    random probes. The vector-Jacobian products go through one differentiable evaluation of the
-    map :math:`F(x^\star; y, A)` and are themselves differentiable (``create_graph``), so the
-    regulariser trains :math:`\theta`. The model must be a :class:`deepinv_deq.DEQ`.
+    random probes. Since :math:`\rho(J_F) \le \|J_F\|_2 \le \|J_F\|_F`, it pushes the spectral
+    radius away from 1; use it together with a contractive initialisation
+    (:class:`deepinv_deq.ContractiveDenoiser`) and watch :math:`\rho(J_F)` with
+    :class:`deepinv_deq.DEQMonitor`. The vector-Jacobian products go through one differentiable
+    evaluation of the map :math:`F(x^\star; y, A)` and are themselves differentiable, so the
+    regulariser trains :math:`\theta`. For the HQS map on a physics whose proximal step is
+    deepinv's (once-differentiable) least-squares solver, the products use the symmetry of that
+    affine step (:meth:`deepinv_deq.maps.HQSMap.differentiable_vjp`); a custom map that calls
+    such a solver can provide its own ``differentiable_vjp(x, y, physics)`` (otherwise autograd
+    raises "trying to differentiate twice a function that was marked with @once_differentiable").
+    The model must be a :class:`deepinv_deq.DEQ`.
 
-    :param int n_probes: number of probes :math:`K` (default 1).
-    :param float weight: weight :math:`w` (default 1.0).
-    :param str probe: ``"gaussian"`` (default) or ``"rademacher"``.
-    :param bool normalize: divide by the number of entries :math:`n` (default ``True``).
+    :param int n_probes: number of probes :math:`K`. Default: ``1``.
+    :param float weight: weight :math:`w`. Default: ``1.0``.
+    :param str probe: ``"gaussian"`` or ``"rademacher"``. Default: ``"gaussian"``.
+    :param bool normalize: divide by the number of entries :math:`n`. Default: ``True``.
     :param torch.Generator rng: optional random generator of the probes (on the data's device).
+        Default: ``None``.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    For a DEQ whose map is :math:`0.9\,(x - \eta A^\top(Ax - y))` on inpainting (a contractive
+    denoiser at initialisation), the regulariser per sample, with one value per sample:
 
     >>> import torch, deepinv as dinv
-    >>> from deepinv_deq import DEQ, JacobianNormLoss
+    >>> from deepinv_deq import DEQ, JacobianNormLoss, ContractiveDenoiser
     >>> physics = dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.6)
-    >>> model = DEQ(denoiser=dinv.models.MedianFilter(), iteration="PGD", max_iter=30)
+    >>> model = DEQ(denoiser=ContractiveDenoiser(depth=2, width=4), max_iter=100, tol=1e-6)
     >>> y = physics(torch.rand(2, 1, 8, 8))
     >>> x_net = model(y, physics)
     >>> reg = JacobianNormLoss(n_probes=2, weight=0.1)
     >>> reg(x_net=x_net, y=y, physics=physics, model=model).shape
     torch.Size([2])
+
+    .. footbibliography::
     """
 
     def __init__(
@@ -369,13 +385,16 @@ class JacobianNormLoss(Loss):
                 f"fixed-point map), got {type(model).__name__}."
             )
         B = x_net.shape[0]
-        x = x_net.detach().requires_grad_()
-        with torch.enable_grad():
-            z = model.map(x, y, physics)
-            total = torch.zeros(B, device=x.device, dtype=x.dtype)
-            for _ in range(self.n_probes):
-                (g,) = torch.autograd.grad(z, x, self._draw(z), create_graph=True)
-                total = total + g.pow(2).reshape(B, -1).sum(1)
+        x = x_net.detach()
+        fmap = model.map
+        if hasattr(fmap, "differentiable_vjp"):
+            vjp = fmap.differentiable_vjp(x, y, physics)
+        else:
+            vjp = autograd_vjp(fmap, x, y, physics)
+        total = torch.zeros(B, device=x.device, dtype=x.dtype)
+        for _ in range(self.n_probes):
+            g = vjp(self._draw(x))
+            total = total + g.pow(2).reshape(B, -1).sum(1)
         total = total / self.n_probes
         if self.normalize:
             total = total / x[0].numel()

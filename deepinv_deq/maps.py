@@ -90,6 +90,18 @@ class FixedPointMap(torch.nn.Module):
     def _denoise(self, x: Tensor) -> Tensor:
         return self.denoiser(x, self.sigma_denoiser.to(x.dtype))
 
+    def differentiable_vjp(self, x: Tensor, y: Tensor, physics):
+        r"""The map's transposed Jacobian at ``x`` as a function :math:`v \mapsto J_F(x)^\top v`,
+        itself differentiable with respect to the map's parameters (for regularisers such as
+        :class:`deepinv_deq.JacobianNormLoss`).
+
+        :param torch.Tensor x: the point (treated as a constant).
+        :param torch.Tensor y: measurements.
+        :param deepinv.physics.Physics physics: forward operator.
+        :return: (Callable) ``vjp(v)``, computed with ``create_graph=True``.
+        """
+        return autograd_vjp(self, x, y, physics)
+
     def _fidelity_grad(self, x: Tensor, y: Tensor, physics) -> Tensor:
         r"""Gradient :math:`\nabla f(x)` of the data fidelity, with one :math:`A` and one :math:`A^\top`.
 
@@ -105,6 +117,37 @@ class FixedPointMap(torch.nn.Module):
         return self.data_fidelity.grad(x, y, physics)
 
 
+def autograd_vjp(fmap, x: Tensor, y: Tensor, physics):
+    r"""The transposed Jacobian :math:`v \mapsto J_F(x)^\top v` of any map ``fmap(x, y, physics)``
+    by reverse-mode autograd through one evaluation, with ``create_graph=True`` (so the result is
+    differentiable with respect to the map's parameters).
+
+    :param Callable fmap: the map.
+    :param torch.Tensor x: the point (treated as a constant).
+    :param torch.Tensor y: measurements.
+    :param deepinv.physics.Physics physics: forward operator.
+    :return: (Callable) ``vjp(v)``.
+
+    :Examples:
+
+    >>> import torch
+    >>> from deepinv_deq.maps import autograd_vjp
+    >>> vjp = autograd_vjp(lambda x, y, physics: 3 * x + y, torch.zeros(1, 2), torch.ones(1, 2), None)
+    >>> vjp(torch.ones(1, 2))
+    tensor([[3., 3.]])
+    """
+    x = x.detach().requires_grad_()
+    with torch.enable_grad():
+        z = fmap(x, y, physics)
+
+    def vjp(v: Tensor) -> Tensor:
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(z, x, v, create_graph=True)
+        return g
+
+    return vjp
+
+
 def _is_linear_l2(data_fidelity, physics) -> bool:
     from deepinv.optim import L2
     from deepinv.physics import LinearPhysics
@@ -112,6 +155,17 @@ def _is_linear_l2(data_fidelity, physics) -> bool:
     return (
         isinstance(data_fidelity, L2)
         and type(data_fidelity).grad is L2.grad
+        and isinstance(physics, LinearPhysics)
+    )
+
+
+def _is_linear_l2_prox(data_fidelity, physics) -> bool:
+    from deepinv.optim import L2
+    from deepinv.physics import LinearPhysics
+
+    return (
+        isinstance(data_fidelity, L2)
+        and type(data_fidelity).prox is L2.prox
         and isinstance(physics, LinearPhysics)
     )
 
@@ -181,6 +235,48 @@ class HQSMap(FixedPointMap):
         z = self.data_fidelity.prox(x, y, physics, gamma=self.stepsize.to(x.dtype))
         return self._denoise(z)
 
+    def differentiable_vjp(self, x: Tensor, y: Tensor, physics):
+        r"""The transposed Jacobian :math:`v \mapsto J_F(x)^\top v`, differentiable with respect to
+        the parameters, also when the proximal step is deepinv's least-squares solver.
+
+        deepinv computes :math:`\operatorname{prox}_{\eta f}` by conjugate gradient for many
+        physics (Blur, Tomography, MultiCoilMRI...) inside a ``once_differentiable`` function, so
+        autograd cannot differentiate a vector-Jacobian product through it. For the :math:`\ell_2`
+        fidelity on a linear physics the prox is affine,
+        :math:`\operatorname{prox}_{\eta f}(x) = (I + \tfrac{\eta}{\sigma^2} A^\top A)^{-1}
+        (x + \tfrac{\eta}{\sigma^2} A^\top y)`, with a symmetric Jacobian, so
+
+        .. math::
+
+            J_F(x)^\top v = \operatorname{prox}_{\eta f}^{y=0}\big(J_D(z)^\top v\big),
+            \qquad z = \operatorname{prox}_{\eta f}(x),
+
+        where the outer prox (at :math:`y = 0`, i.e. the linear part) is only differentiated once.
+        Other fidelities and physics use plain autograd (:func:`autograd_vjp`).
+
+        :param torch.Tensor x: the point (treated as a constant).
+        :param torch.Tensor y: measurements.
+        :param deepinv.physics.Physics physics: forward operator.
+        :return: (Callable) ``vjp(v)``.
+        """
+        if not _is_linear_l2_prox(self.data_fidelity, physics):
+            return autograd_vjp(self, x, y, physics)
+        x = x.detach()
+        with torch.enable_grad():
+            gamma = self.stepsize.to(x.dtype)
+            z = self.data_fidelity.prox(x, y, physics, gamma=gamma)  # carries eta's / A's gradient
+            if not z.requires_grad:
+                z = z.requires_grad_()
+            d = self._denoise(z)
+        zero = torch.zeros_like(y) if isinstance(y, Tensor) else y * 0
+
+        def vjp(v: Tensor) -> Tensor:
+            with torch.enable_grad():
+                (w,) = torch.autograd.grad(d, z, v, create_graph=True)
+                return self.data_fidelity.prox(w, zero, physics, gamma=gamma)
+
+        return vjp
+
 
 class REDMap(FixedPointMap):
     r"""Regularisation-by-denoising gradient step.
@@ -246,6 +342,17 @@ class CallableMap(torch.nn.Module):
 
     def forward(self, x, y, physics):
         return self.fn(x, y, physics)
+
+    def differentiable_vjp(self, x: Tensor, y: Tensor, physics):
+        r"""The transposed Jacobian :math:`v \mapsto J_F(x)^\top v` by autograd
+        (:func:`autograd_vjp`).
+
+        :param torch.Tensor x: the point (treated as a constant).
+        :param torch.Tensor y: measurements.
+        :param deepinv.physics.Physics physics: forward operator.
+        :return: (Callable) ``vjp(v)``.
+        """
+        return autograd_vjp(self, x, y, physics)
 
 
 #: iteration names accepted by :func:`build_map` and :class:`deepinv_deq.DEQ`
