@@ -12,6 +12,13 @@ progress bar, the training history and wandb/mlflow logs::
 Each metric reports an aggregate over the solves recorded since the same metric was last read,
 so a rising residual or a falling convergence rate shows as soon as the DEQ stops converging.
 A ``callback`` is also called with every record.
+
+With ``spectral_radius_every=N`` the monitor also estimates the spectral radius
+:math:`\rho(J_F)` of the map's Jacobian at the reconstruction every ``N`` metric evaluations
+(:func:`deepinv_deq.spectral_radius`, a few power iterations warm-started from the previous
+estimate's vector), reported as ``DEQSpectralRadius``: a DEQ is well posed while
+:math:`\rho(J_F) < 1`, and a value creeping towards 1 announces slow or failing solves before
+they happen.
 """
 
 from __future__ import annotations
@@ -22,9 +29,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._validation import check_int
+from ._validation import check_float, check_int
 from .loss import is_deq
 from .solvers import SolverStats
+from .stabilisers import _power_iteration
 
 __all__ = ["DEQMonitor", "SolveRecord", "QUANTITIES"]
 
@@ -35,6 +43,7 @@ QUANTITIES = {
     "backward_nfe": "DEQBackwardNFE",
     "backward_residual": "DEQBackwardResidual",
     "not_converged": "DEQNotConverged",
+    "spectral_radius": "DEQSpectralRadius",
 }
 
 
@@ -79,17 +88,20 @@ class _MonitorMetric(torch.nn.Module):
         self._pending: deque = deque(maxlen=monitor.max_history)
         monitor._readers.append(self._pending)
 
-    def forward(self, x_net: Tensor = None, model=None, **kwargs) -> Tensor:
+    def forward(self, x_net: Tensor = None, model=None, y=None, physics=None, **kwargs) -> Tensor:
         monitor = self._monitor[0]
         if monitor.model is None and is_deq(model):
             monitor.attach(model)
+        device = x_net.device if isinstance(x_net, Tensor) else None
+        if self.quantity == "spectral_radius":
+            value = monitor._spectral_radius_metric(x_net, model, y, physics)
+            return torch.tensor([value], device=device)
         records = list(self._pending)
         self._pending.clear()
         kind = "backward" if self.quantity.startswith("backward") else "forward"
         if not records and model is not None:  # nothing recorded yet: the model's last solves
             records = monitor._current(model)
         value = _aggregate(self.quantity, records, kind)
-        device = x_net.device if isinstance(x_net, Tensor) else None
         return torch.tensor([value], device=device)
 
 
@@ -121,7 +133,14 @@ class DEQMonitor:
     - ``backward_nfe`` (``DEQBackwardNFE``), ``backward_residual`` (``DEQBackwardResidual``): the
       same for the backward solves (0 when none ran, e.g. in evaluation or with JFB);
     - ``not_converged`` (``DEQNotConverged``): fraction of (sample, solve) pairs that did not reach
-      their tolerance.
+      their tolerance;
+    - ``spectral_radius`` (``DEQSpectralRadius``, only with ``spectral_radius_every > 0``): the
+      largest per-sample estimate of :math:`\rho(J_F(\hat x))` at the reconstruction the metric
+      is given, re-estimated every ``spectral_radius_every`` evaluations of the metric (the last
+      estimate is reported in between; NaN for a model that is not a DEQ, e.g. the Trainer's
+      no-learning comparison). Each estimate costs one differentiable map evaluation and up to
+      ``spectral_radius_iter`` vector-Jacobian products; all estimates are kept in
+      :attr:`spectral_radii`.
 
     Each aggregate covers the solves since that metric was last evaluated (by the Trainer: one
     training step, i.e. the reconstruction plus the extra solves of the losses, and its backward).
@@ -130,7 +149,13 @@ class DEQMonitor:
     :param deepinv_deq.DEQ model: the model to attach to now (or later with :meth:`attach`; a
         metric attaches to the model it is given on its first call).
     :param Callable callback: optional ``callback(record)`` called with every :class:`SolveRecord`.
-    :param int max_history: number of records kept (default 1000).
+    :param int max_history: number of records kept. Default: ``1000``.
+    :param int spectral_radius_every: estimate :math:`\rho(J_F)` every that many evaluations of the
+        ``spectral_radius`` metric (one per training step with :class:`deepinv.Trainer`); ``0``
+        turns the estimate off. Default: ``0``.
+    :param int spectral_radius_iter: maximum power iterations per estimate. Default: ``20``.
+    :param float spectral_radius_tol: relative change at which the power iteration stops.
+        Default: ``1e-3``.
 
     |sep|
 
@@ -150,10 +175,25 @@ class DEQMonitor:
     True
     """
 
-    def __init__(self, model=None, callback: Callable[[SolveRecord], None] | None = None, max_history: int = 1000):
+    def __init__(
+        self,
+        model=None,
+        callback: Callable[[SolveRecord], None] | None = None,
+        max_history: int = 1000,
+        spectral_radius_every: int = 0,
+        spectral_radius_iter: int = 20,
+        spectral_radius_tol: float = 1e-3,
+    ):
         if callback is not None and not callable(callback):
             raise ValueError(f"DEQMonitor: 'callback' must be callable, got {callback!r}.")
         self.max_history = check_int("DEQMonitor", "max_history", max_history, 1)
+        self.spectral_radius_every = check_int("DEQMonitor", "spectral_radius_every", spectral_radius_every, 0)
+        self.spectral_radius_iter = check_int("DEQMonitor", "spectral_radius_iter", spectral_radius_iter, 1)
+        self.spectral_radius_tol = check_float("DEQMonitor", "spectral_radius_tol", spectral_radius_tol, 0.0)
+        #: every estimate of the spectral radius: ``(metric evaluation index, per-sample tensor)``
+        self.spectral_radii: list = []
+        self._rho_calls = 0
+        self._rho_vector = None
         self.callback = callback
         self.history: deque = deque(maxlen=self.max_history)
         self._readers: list = []
@@ -187,31 +227,63 @@ class DEQMonitor:
         self._handles = []
         self.model = None
 
-    def metrics(self, quantities=tuple(QUANTITIES)) -> list:
+    def metrics(self, quantities=None) -> list:
         r"""Trainer-compatible metrics reporting the recorded statistics.
 
         :param tuple quantities: names among ``"forward_nfe"``, ``"forward_residual"``,
-            ``"backward_nfe"``, ``"backward_residual"``, ``"not_converged"`` (default: all).
-        :return: a list of :class:`torch.nn.Module`, each called as ``metric(x_net=..., model=...)``
-            and returning a tensor of shape ``(1,)``.
+            ``"backward_nfe"``, ``"backward_residual"``, ``"not_converged"``,
+            ``"spectral_radius"``. Default: ``None``, meaning all (``"spectral_radius"`` only when
+            ``spectral_radius_every > 0``).
+        :return: a list of :class:`torch.nn.Module`, each called as
+            ``metric(x_net=..., model=..., y=..., physics=...)`` and returning a tensor of shape ``(1,)``.
         """
+        if quantities is None:
+            quantities = [q for q in QUANTITIES if q != "spectral_radius" or self.spectral_radius_every > 0]
         if isinstance(quantities, str):
             quantities = (quantities,)
         out = []
         for q in quantities:
             if q not in QUANTITIES:
                 raise ValueError(f"DEQMonitor: unknown quantity {q!r}; valid: {sorted(QUANTITIES)}.")
+            if q == "spectral_radius" and self.spectral_radius_every == 0:
+                raise ValueError(
+                    "DEQMonitor: the 'spectral_radius' metric needs spectral_radius_every > 0 "
+                    "(estimate every that many steps)."
+                )
             cls = type(QUANTITIES[q], (_MonitorMetric,), {"quantity": q, "__module__": __name__})
             out.append(cls(self))
         return out
 
     def summary(self) -> dict:
-        r"""Aggregates over :attr:`history`: the value of each quantity of :meth:`metrics`."""
+        r"""Aggregates over :attr:`history`: the value of each quantity of :meth:`metrics`
+        (``"spectral_radius"``: the largest value of the last estimate, NaN if none)."""
         records = list(self.history)
-        return {
+        out = {
             q: _aggregate(q, records, "backward" if q.startswith("backward") else "forward")
             for q in QUANTITIES
+            if q != "spectral_radius"
         }
+        out["spectral_radius"] = float(self.spectral_radii[-1][1].max()) if self.spectral_radii else float("nan")
+        return out
+
+    # -- spectral radius ----------------------------------------------------------------------
+    def _spectral_radius_metric(self, x_net, model, y, physics) -> float:
+        if not is_deq(model) or not isinstance(x_net, Tensor) or y is None:
+            return float("nan")
+        call = self._rho_calls
+        self._rho_calls += 1
+        if call % self.spectral_radius_every == 0 or not self.spectral_radii:
+            rho, self._rho_vector = _power_iteration(
+                model.map,
+                x_net,
+                y,
+                physics,
+                self.spectral_radius_iter,
+                self.spectral_radius_tol,
+                init=self._rho_vector,
+            )
+            self.spectral_radii.append((call, rho.cpu()))
+        return float(self.spectral_radii[-1][1].max())
 
     # -- recording ----------------------------------------------------------------------------
     def _record(self, kind: str, stats: SolverStats | None) -> None:

@@ -57,6 +57,7 @@ def spectral_radius(
     tol: float = 1e-5,
     mode: str = "radius",
     generator: torch.Generator | None = None,
+    init: Tensor | None = None,
 ) -> Tensor:
     r"""Power-iteration estimate of the spectral radius (or norm) of :math:`J_F` at the fixed point.
 
@@ -64,22 +65,33 @@ def spectral_radius(
     :math:`\|J_F^\top v_k\| \to \rho(J_F)` (:math:`J_F^\top` and :math:`J_F` share their spectrum;
     convergence assumes a single dominant real eigenvalue). With ``mode="norm"`` the iteration on
     :math:`J_F^\top J_F` returns :math:`\sigma_{\max}(J_F) = \|J_F\|_2`. The batch is treated as
-    independent problems: one estimate per sample.
+    independent problems: one estimate per sample. Each iteration costs one vector-Jacobian
+    product through one differentiable evaluation of :math:`F` (two in ``"norm"`` mode).
+
+    A DEQ is well posed when :math:`\rho(J_F(x^\star)) < 1`: the fixed point is locally unique,
+    the forward iteration converges linearly with rate :math:`\rho`, and :math:`I - J_F` is
+    invertible, so the implicit backward system has a solution :footcite:`bai2019deep`.
 
     :param model_or_map: a :class:`deepinv_deq.DEQ` (its map is used and, if ``x_star`` is not
         given, its reconstruction) or a map ``F(x, y, physics)``.
     :param torch.Tensor y: measurements.
     :param deepinv.physics.Physics physics: forward operator.
     :param torch.Tensor x_star: the point at which :math:`J_F` is taken (required for a plain map).
-    :param int n_iter: maximum power iterations (default 50).
+        Default: ``None``.
+    :param int n_iter: maximum power iterations. Default: ``50``.
     :param float tol: stop when every sample's estimate changes by less than ``tol`` relatively.
-    :param str mode: ``"radius"`` (default) or ``"norm"``.
-    :param torch.Generator generator: optional random generator of the initial vector.
+        Default: ``1e-5``.
+    :param str mode: ``"radius"`` or ``"norm"``. Default: ``"radius"``.
+    :param torch.Generator generator: random generator of the initial vector. Default: ``None``.
+    :param torch.Tensor init: initial vector (e.g. the vector of a previous estimate, to converge
+        in fewer iterations); random if ``None``. Default: ``None``.
     :return: (:class:`torch.Tensor`) estimates, shape ``(B,)``.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    A map whose Jacobian is half a permutation has spectral radius 0.5:
 
     >>> import torch
     >>> from deepinv_deq.stabilisers import spectral_radius
@@ -88,29 +100,65 @@ def spectral_radius(
     >>> rho = spectral_radius(F, y=x, physics=None, x_star=x)
     >>> torch.allclose(rho, torch.full((2,), 0.5), atol=1e-4)
     True
+
+    .. footbibliography::
     """
     n_iter = check_int("spectral_radius", "n_iter", n_iter, 1)
     tol = check_float("spectral_radius", "tol", tol, 0.0)
     mode = check_choice("spectral_radius", "mode", mode, ("radius", "norm"))
     fmap, x_star = _map_and_point(model_or_map, y, physics, x_star)
+    return _power_iteration(fmap, x_star, y, physics, n_iter, tol, mode, generator, init)[0]
+
+
+def _power_iteration(
+    fmap, x_star: Tensor, y, physics, n_iter: int, tol: float, mode: str = "radius", generator=None, init=None
+):
+    r"""The power iteration of :func:`spectral_radius` on a map, without option checks.
+
+    :param Callable fmap: the map ``F(x, y, physics)``.
+    :param torch.Tensor x_star: the point.
+    :param torch.Tensor y: measurements.
+    :param deepinv.physics.Physics physics: forward operator.
+    :param int n_iter: maximum iterations.
+    :param float tol: relative change at which every sample stops.
+    :param str mode: ``"radius"`` or ``"norm"``. Default: ``"radius"``.
+    :param torch.Generator generator: random generator of the initial vector. Default: ``None``.
+    :param torch.Tensor init: initial vector, random if ``None`` or of another shape. Default: ``None``.
+    :return: (tuple) the estimates, shape ``(B,)``, and the last (normalised) vector, to warm-start
+        a later call.
+    """
     x = x_star.detach().clone().requires_grad_()
     with torch.enable_grad():
         fx = fmap(x, y, physics)
-        vjp, jvp = vjp_and_jvp(fx, x)
-        v = torch.randn(fx.shape, generator=generator, device=fx.device, dtype=fx.dtype)
-        v = v / expand_as_batch(batch_norm(v), v)
+        if mode == "radius":  # only vector-Jacobian products: no double-backward graph
+            def vjp(u):
+                (g,) = torch.autograd.grad(fx, x, u, retain_graph=True, allow_unused=True)
+                return torch.zeros_like(x) if g is None else g
+
+            apply = vjp
+        else:
+            vjp, jvp = vjp_and_jvp(fx, x)
+
+            def apply(u):
+                return vjp(jvp(u))
+
+        if init is not None and init.shape == fx.shape:
+            v = init.detach().to(device=fx.device, dtype=fx.dtype)
+        else:
+            v = torch.randn(fx.shape, generator=generator, device=fx.device, dtype=fx.dtype)
+        tiny = torch.finfo(fx.dtype).tiny
+        v = v / expand_as_batch(batch_norm(v).clamp_min(tiny), v)
         est = torch.zeros(fx.shape[0], device=fx.device, dtype=fx.dtype)
         for _ in range(n_iter):
-            w = vjp(v) if mode == "radius" else vjp(jvp(v))
-            w = w.detach()
+            w = apply(v).detach()
             norm = batch_norm(w)
             new = norm if mode == "radius" else norm.sqrt()
             done = bool(((new - est).abs() <= tol * new.abs()).all())
             est = new
+            v = w / expand_as_batch(norm.clamp_min(tiny), w)
             if done:
                 break
-            v = w / expand_as_batch(norm.clamp_min(torch.finfo(norm.dtype).tiny), w)
-    return est.detach()
+    return est.detach(), v.detach()
 
 
 def spectral_normalize(denoiser: torch.nn.Module, n_power_iterations: int = 1) -> torch.nn.Module:
@@ -124,12 +172,15 @@ def spectral_normalize(denoiser: torch.nn.Module, n_power_iterations: int = 1) -
     are left alone.
 
     :param torch.nn.Module denoiser: the network to modify.
-    :param int n_power_iterations: power iterations per training forward pass (default 1).
+    :param int n_power_iterations: power iterations per training forward pass. Default: ``1``.
     :return: the same module, for chaining.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    After a few training passes, the first layer's largest singular value is 1
+    :footcite:`miyato2018spectral`:
 
     >>> import torch
     >>> from deepinv_deq.stabilisers import spectral_normalize
@@ -140,6 +191,8 @@ def spectral_normalize(denoiser: torch.nn.Module, n_power_iterations: int = 1) -
     >>> s = torch.linalg.matrix_norm(net[0].weight.reshape(4, -1), ord=2)
     >>> bool(abs(s - 1) < 1e-2)
     True
+
+    .. footbibliography::
     """
     from torch.nn.utils import parametrize
     from torch.nn.utils.parametrizations import spectral_norm

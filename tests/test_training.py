@@ -9,7 +9,16 @@ import pytest
 import torch
 import deepinv as dinv
 
-from deepinv_deq import DEQ, DEQEILoss, DEQMOEILoss, DEQMonitor, DEQSureGaussianLoss, JacobianNormLoss
+from deepinv_deq import (
+    ContractiveDenoiser,
+    DEQ,
+    DEQEILoss,
+    DEQMOEILoss,
+    DEQMonitor,
+    DEQSureGaussianLoss,
+    JacobianNormLoss,
+    spectral_radius,
+)
 
 N = 16
 SIGMA = 0.01
@@ -126,12 +135,13 @@ def loss_set(name, physics):
         return [dinv.loss.MCLoss(), dinv.loss.MOEILoss(rot, physics=ops)]
     if name == "robust_ei":
         return [dinv.loss.SureGaussianLoss(sigma=SIGMA), dinv.loss.EILoss(rot)]
+    # the adapters with their warm starts (the contractive denoiser has a unique fixed point)
     if name == "deq_ei":
-        return [dinv.loss.MCLoss(), DEQEILoss(rot)]
+        return [dinv.loss.MCLoss(), DEQEILoss(rot, warm_start=True)]
     if name == "deq_moei":
-        return [dinv.loss.MCLoss(), DEQMOEILoss(rot, physics=[physics])]
+        return [dinv.loss.MCLoss(), DEQMOEILoss(rot, physics=[physics], warm_start=True)]
     if name == "deq_robust_ei":
-        return [DEQSureGaussianLoss(sigma=SIGMA), DEQEILoss(rot)]
+        return [DEQSureGaussianLoss(sigma=SIGMA, warm_start=True), DEQEILoss(rot, warm_start=True)]
     raise KeyError(name)
 
 
@@ -278,3 +288,42 @@ def test_monitor_metrics_in_trainer_test_with_no_learning_comparison():
     assert results["DEQForwardNFE"] == model.forward_stats.nfe
     assert results["DEQBackwardNFE"] == 0.0
     assert results["DEQForwardResidual"] <= 1e-5
+
+
+def test_monitor_spectral_radius_every_n_steps():
+    """At initialisation the ContractiveDenoiser gives J_F = 0.9 (I - A^T A) on CT with ||A|| = 1:
+    rho = 0.9 (the null space of A). The monitor estimates it every 2 calls and reports the last
+    estimate in between; a model that is not a DEQ gives NaN."""
+    torch.manual_seed(0)
+    physics = tomography("cpu")
+    model = DEQ(denoiser=ContractiveDenoiser(depth=3, width=4), stepsize=1.0, max_iter=200, tol=1e-6)
+    y = physics(Images().x)
+    with torch.no_grad():
+        x_hat = model(y, physics)
+    monitor = DEQMonitor(model, spectral_radius_every=2, spectral_radius_iter=200, spectral_radius_tol=1e-7)
+    (metric,) = monitor.metrics(["spectral_radius"])
+    values = [float(metric(x_net=x_hat, model=model, y=y, physics=physics)) for _ in range(3)]
+    assert [call for call, _ in monitor.spectral_radii] == [0, 2]
+    assert values[0] == values[1] and values == pytest.approx([0.9] * 3, abs=5e-3)
+    ref = spectral_radius(model, y, physics, x_star=x_hat, n_iter=200, tol=1e-7)
+    assert float(ref.max()) == pytest.approx(values[-1], abs=1e-3)
+    assert monitor.summary()["spectral_radius"] == values[-1]
+    assert torch.isnan(metric(x_net=x_hat, model=torch.nn.Identity(), y=y, physics=physics)).all()
+
+
+def test_monitor_spectral_radius_in_trainer_logs_and_options():
+    torch.manual_seed(0)
+    physics = tomography("cpu")
+    model = make_model(1, "cpu")
+    monitor = DEQMonitor(spectral_radius_every=1, spectral_radius_iter=30)
+    assert "spectral_radius" in [m.quantity for m in monitor.metrics()]
+    trainer = train(model, physics, [dinv.loss.MCLoss()], 1, "cpu", epochs=2, metrics=monitor.metrics())
+    logged = train_metric_logs(trainer)
+    assert len(monitor.spectral_radii) == 2  # one estimate per training step
+    assert 0.0 < logged["DEQSpectralRadius"] < 1.0  # contractive map
+    # off by default, and asking for it then is an error naming the option
+    assert "spectral_radius" not in [m.quantity for m in DEQMonitor().metrics()]
+    with pytest.raises(ValueError, match="spectral_radius_every"):
+        DEQMonitor().metrics(["spectral_radius"])
+    with pytest.raises(ValueError, match="spectral_radius_every"):
+        DEQMonitor(spectral_radius_every=-1)
