@@ -226,8 +226,24 @@ def test_resumed_ei_run_equals_an_uninterrupted_one(tmp_path):
 
     model, physics, losses, gens = fresh(0)
     train(model, physics, losses, data, cfg, tmp_path / "a", seed=5, epochs=3, generators=gens)
+
+    class Interrupt(Exception):
+        pass
+
+    class Interrupting(dinv.loss.Loss):  # a crash in the middle of the second epoch
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x_net, **kwargs):
+            self.calls += 1
+            if self.calls == 3:
+                raise Interrupt
+            return x_net.sum() * 0
+
     model_b, physics, losses, gens = fresh(0)
-    train(model_b, physics, losses, data, cfg, tmp_path / "b", seed=5, epochs=1, generators=gens)
+    with pytest.raises(Interrupt):
+        train(model_b, physics, [*losses, Interrupting()], data, cfg, tmp_path / "b", seed=5, epochs=3)
     model_c, physics, losses, gens = fresh(7)  # a new process: other weights, fresh generators
     history = train(model_c, physics, losses, data, cfg, tmp_path / "b", seed=5, epochs=3, generators=gens)
     assert history["epochs_done"] == 3 and history["train_s"] > 0

@@ -221,8 +221,15 @@ def _choose_fixed(task, method, cfg, out, physics, val, progress, log):
     return best[1], best[2], tried
 
 
-def _unrolled_iters(task, cfg, physics, val) -> int:
-    # K = mean forward iterations of the DEQ at initialisation on the validation images
+def _unrolled_iters(task, regime, cfg, out, seed, physics, val) -> tuple[int, str]:
+    # K = the mean forward iterations of the implicit DEQ trained in the same regime and seed
+    # (during its training), when that run is done; else those of the untrained DEQ on the
+    # validation images
+    done = run_dir(out, task, "deq", regime) / f"seed_{seed}" / "result.json"
+    if done.exists():
+        iters = json.loads(done.read_text()).get("train", {}).get("fwd_iters")
+        if iters:
+            return max(1, round(iters)), f"deq-{regime} seed {seed} (training)"
     model = build_model(task, "deq-init", cfg)
     model.eval()
     nfe = []
@@ -230,7 +237,7 @@ def _unrolled_iters(task, cfg, physics, val) -> int:
         for _, y in val:
             model(y, physics)
             nfe.append(model.forward_stats.nfe)
-    return max(1, round(sum(nfe) / len(nfe)))
+    return max(1, round(sum(nfe) / len(nfe))), "untrained DEQ (validation)"
 
 
 def _run_seed(task, method, regime, cfg, out, seed, physics, val, test, progress, log, label):
@@ -245,7 +252,8 @@ def _run_seed(task, method, regime, cfg, out, seed, physics, val, test, progress
         denoiser, settings, tried = _choose_fixed(task, method, cfg, out, physics, val, progress, log)
         extra.update(settings=settings, tried=tried)
     if method == "unrolled" and not cfg.unrolled_iters:
-        settings["unrolled_iters"] = _unrolled_iters(task, cfg, physics, val)
+        settings["unrolled_iters"], extra["unrolled_iters_from"] = _unrolled_iters(
+            task, regime, cfg, out, seed, physics, val)
         extra["unrolled_iters"] = settings["unrolled_iters"]
     # the same initial weights for every method of a seed (same initialisation seed)
     torch.manual_seed(_seed_for(scfg, task, "init"))
@@ -319,7 +327,7 @@ def aggregate(task: str, method: str, regime: str, per_seed: list[dict]) -> dict
         out["bwd_iters"] = _mean_iters(per_seed, "backward")
         out["fwd_iters_max"] = max(r["counts"][p]["forward"]["nfe_max"] for r in per_seed for p in r["counts"])
         out["bwd_iters_max"] = max(r["counts"][p]["backward"]["nfe_max"] for r in per_seed for p in r["counts"])
-    for key in ("equivariance", "val_change_last20", "unrolled_iters", "settings"):
+    for key in ("equivariance", "val_change_last20", "unrolled_iters", "unrolled_iters_from", "settings"):
         values = [r[key] for r in per_seed if r.get(key) is not None]
         if values:
             out[key] = sum(values) / len(values) if isinstance(values[0], (int, float)) else values[0]

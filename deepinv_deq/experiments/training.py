@@ -130,7 +130,9 @@ def random_generators(physics, losses) -> dict:
 def train(model, physics, losses, dataset, cfg, folder, seed: int, epochs: int,
           generators: dict | None = None, val_batches=None, to_image=None, counter=None,
           label: str = "", progress: bool = False, log=print) -> dict:
-    r"""Train ``model`` with Adam, resuming from ``folder/last.pt`` if it exists.
+    r"""Train ``model`` with Adam (learning rate ``cfg.lr``, decayed to a tenth along a cosine
+    when ``cfg.lr_schedule == "cosine"``; gradient norm clipped at 1), resuming from
+    ``folder/last.pt`` if it exists.
 
     :param torch.nn.Module model: the reconstructor ``model(y, physics)``.
     :param deepinv.physics.Physics physics: forward operator (measurements are simulated online).
@@ -161,6 +163,9 @@ def train(model, physics, losses, dataset, cfg, folder, seed: int, epochs: int,
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     per_epoch = len(loader)
     total_steps = per_epoch * epochs
+    schedule = getattr(cfg, "lr_schedule", "constant")
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0.1 * cfg.lr)
+                 if schedule == "cosine" else None)
     eval_every = cfg.eval_every or per_epoch
     history = dict(loss_step=[], loss=[], val_step=[], val_psnr=[], train_s=0.0, steps=total_steps,
                    epochs_done=0)
@@ -171,6 +176,8 @@ def train(model, physics, losses, dataset, cfg, folder, seed: int, epochs: int,
         state = torch.load(last, map_location=cfg.device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
         history = state["history"]
         best = state["best"]
         loader_gen.set_state(state["rng"]["loader"])
@@ -197,6 +204,8 @@ def train(model, physics, losses, dataset, cfg, folder, seed: int, epochs: int,
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             window.append(float(loss.detach()))
             if val_batches is not None and (step % eval_every == 0 or step == total_steps):
                 if counter is not None:
@@ -216,7 +225,8 @@ def train(model, physics, losses, dataset, cfg, folder, seed: int, epochs: int,
         generators = {**generators, **random_generators(physics, losses)}
         rng = {"loader": loader_gen.get_state(), "torch": torch.get_rng_state(),
                **{name: g.get_state() for name, g in generators.items()}}
-        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), history=history,
+        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                     scheduler=scheduler.state_dict() if scheduler is not None else None, history=history,
                      best=best, rng=rng, counter=counter.state_dict() if counter is not None else None)
         current = history["val_psnr"][-1] if history["val_psnr"] else None
         if current is not None and current > best:
