@@ -62,8 +62,10 @@ class ContractiveDenoiser(torch.nn.Module):
     that :math:`D = (1-\epsilon) I` at initialisation and the PGD, HQS and RED maps built on it have
     a unique fixed point and an invertible :math:`I - J_F` (for PGD with :math:`\eta \le 1/\|A\|^2`,
     :math:`\rho(J_F) \le 1-\epsilon`). Training may move :math:`\rho(J_F)` towards 1: monitor it
-    (:class:`deepinv_deq.DEQMonitor`) and regularise it if needed
-    (:class:`deepinv_deq.JacobianNormLoss`, :func:`deepinv_deq.spectral_normalize` on ``R``).
+    (:class:`deepinv_deq.DEQMonitor` with ``spectral_radius_every``) and regularise it if needed
+    (:class:`deepinv_deq.JacobianNormLoss`, or :func:`deepinv_deq.spectral_normalize` on the hidden
+    layers of ``R``, ``spectral_normalize(D.residual[:-1])``: the zeroed last layer cannot be
+    normalised). See the user guide page "Contractive DEQs".
 
     Do not wrap a residual network such as :class:`deepinv.models.DnCNN` (which returns
     :math:`x + \text{net}(x)`): :math:`D` would then start at :math:`(2-\epsilon) I`.
@@ -72,8 +74,8 @@ class ContractiveDenoiser(torch.nn.Module):
         ``forward`` accepts a second argument, else ``residual(x)``. Default: ``None``, meaning
         ``residual_cnn(in_channels, depth, width)``.
     :param float epsilon: contraction margin :math:`\epsilon \in (0, 1]`. Default: ``0.1``.
-    :param bool zero_init: set the last convolution or linear layer of ``residual`` to zero.
-        Default: ``True``.
+    :param bool zero_init: set the last convolution or linear layer of ``residual`` to zero
+        (a :class:`ValueError` if that layer is spectrally normalised). Default: ``True``.
     :param int in_channels: image channels of the default network. Default: ``1``.
     :param int depth: convolutions of the default network. Default: ``5``.
     :param int width: features of the default network. Default: ``16``.
@@ -118,9 +120,14 @@ class ContractiveDenoiser(torch.nn.Module):
                     "ContractiveDenoiser: zero_init=True needs a convolution or linear layer in 'residual'; "
                     "pass zero_init=False for a network without one."
                 )
+            if _is_normalised(last[-1]):
+                raise ValueError(
+                    "ContractiveDenoiser: zero_init=True cannot zero a spectrally normalised last layer "
+                    "(W / sigma(W) is undefined at W = 0). Normalise the other layers only, e.g. "
+                    "D = ContractiveDenoiser(); spectral_normalize(D.residual[:-1])."
+                )
             with torch.no_grad():
-                weight = getattr(last[-1], "weight_orig", last[-1].weight)  # spectral_norm keeps weight_orig
-                weight.zero_()
+                last[-1].weight.zero_()
                 if last[-1].bias is not None:
                     last[-1].bias.zero_()
 
@@ -136,6 +143,14 @@ class ContractiveDenoiser(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"epsilon={self.epsilon}"
+
+
+def _is_normalised(layer: torch.nn.Module) -> bool:
+    # torch.nn.utils.parametrizations.spectral_norm (a parametrisation) or the older
+    # torch.nn.utils.spectral_norm (a forward pre-hook keeping ``weight_orig``)
+    from torch.nn.utils import parametrize
+
+    return parametrize.is_parametrized(layer, "weight") or hasattr(layer, "weight_orig")
 
 
 def _accepts_second_argument(module: torch.nn.Module) -> bool:

@@ -57,3 +57,29 @@ def test_bad_options_raise(kwargs):
 
 def test_residual_cnn_shape():
     assert residual_cnn(in_channels=2, depth=2, width=3)(torch.rand(1, 2, 5, 5)).shape == (1, 2, 5, 5)
+
+
+def test_spectral_normalisation_of_hidden_layers_keeps_the_contractive_start():
+    from deepinv_deq import spectral_normalize
+
+    D = ContractiveDenoiser(depth=3, width=4)
+    spectral_normalize(D.residual[:-1])  # the hidden layers; the zeroed last layer stays as is
+    x = torch.rand(2, 1, 8, 8)
+    for _ in range(20):
+        out = D(x)
+    assert torch.allclose(out, 0.9 * x)
+    hidden = D.residual[0]
+    s = torch.linalg.matrix_norm(hidden.weight.reshape(hidden.weight.shape[0], -1), ord=2)
+    assert abs(float(s) - 1) < 1e-2
+
+
+@pytest.mark.parametrize("api", ["parametrizations", "legacy"])
+def test_zero_init_refuses_a_spectrally_normalised_last_layer(api):
+    # W / sigma(W) is undefined at W = 0; the old code zeroed a temporary and silently kept R != 0
+    net = residual_cnn(depth=2, width=4)
+    if api == "parametrizations":
+        torch.nn.utils.parametrizations.spectral_norm(net[-1])
+    else:
+        torch.nn.utils.spectral_norm(net[-1])
+    with pytest.raises(ValueError, match="spectrally normalised"):
+        ContractiveDenoiser(net)
