@@ -85,12 +85,14 @@ def operator_equivariance_error(
         Transform, whose parameters are drawn once per draw and reused on both sides), or a
         deterministic callable.
     :param data: a batch tensor, a dataset of images, or an iterable of batches (e.g. a DataLoader).
-    :param int n_draws: random transformations per batch (default 4).
+    :param int n_draws: random transformations per batch. Default: ``4``.
     :return: (:class:`torch.Tensor`) scalar error.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    A scaling commutes with rotations: zero error.
 
     >>> import torch, deepinv as dinv
     >>> from deepinv_deq.diagnostics import operator_equivariance_error
@@ -130,14 +132,16 @@ def equivariance_error(model, physics, transform, data, n_draws: int = 4, apply_
     :param deepinv.physics.Physics physics: the forward operator :math:`A`.
     :param deepinv.transform.Transform transform: the transformations :math:`T_g`.
     :param data: a batch of images, a dataset of images, or an iterable of batches.
-    :param int n_draws: transformations drawn per batch (default 4).
-    :param bool apply_noise: measure with noise (``physics(x)``) instead of :math:`Ax` (default
-        ``False``; with noise both sides see independent noise draws).
+    :param int n_draws: transformations drawn per batch. Default: ``4``.
+    :param bool apply_noise: measure with noise (``physics(x)``) instead of :math:`Ax` (with noise
+        both sides see independent noise draws). Default: ``False``.
     :return: (:class:`torch.Tensor`) scalar error.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    A reconstructor that scales its input is shift-equivariant:
 
     >>> import torch, deepinv as dinv
     >>> from deepinv_deq.diagnostics import equivariance_error
@@ -166,13 +170,15 @@ def jacobian_asymmetry(operator: Callable[[Tensor], Tensor], x: Tensor, n_probes
 
     :param Callable operator: :math:`\Phi`, square (output shape = input shape).
     :param torch.Tensor x: the point, shape ``(B, ...)``.
-    :param int n_probes: number of probes (default 8).
-    :param torch.Generator generator: optional random generator of the probes.
+    :param int n_probes: number of probes. Default: ``8``.
+    :param torch.Generator generator: random generator of the probes. Default: ``None``.
     :return: (:class:`torch.Tensor`) estimates, shape ``(B,)``.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    A scaling has a symmetric Jacobian:
 
     >>> import torch
     >>> from deepinv_deq.diagnostics import jacobian_asymmetry
@@ -216,16 +222,18 @@ def invariant_prior_test(
         and noise level are used).
     :param deepinv.transform.Transform transform: the group action :math:`T_g`.
     :param data: a batch of clean images, a dataset or an iterable of batches.
-    :param float sigma: noise level of the inputs and of the denoiser (default: the DEQ's
-        ``sigma_denoiser``; required for a plain denoiser).
-    :param int n_draws: transformations per batch (default 4).
-    :param int n_probes: probes of the Jacobian estimate (default 8).
-    :param torch.Generator generator: optional random generator of the noise and probes.
+    :param float sigma: noise level of the inputs and of the denoiser (required for a plain
+        denoiser). Default: ``None``, meaning the DEQ's ``sigma_denoiser``.
+    :param int n_draws: transformations per batch. Default: ``4``.
+    :param int n_probes: probes of the Jacobian estimate. Default: ``8``.
+    :param torch.Generator generator: random generator of the noise and probes. Default: ``None``.
     :return: (dict) the two scores, as Python floats.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    The proximal operator of :math:`\tfrac{\sigma}{2}\|x\|^2` passes both tests:
 
     >>> import torch, deepinv as dinv
     >>> from deepinv_deq.diagnostics import invariant_prior_test

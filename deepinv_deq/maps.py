@@ -19,9 +19,6 @@ from torch import Tensor
 
 from ._validation import check_choice, check_float
 
-SCALAR_PARAMS = ("stepsize", "sigma_denoiser", "lambda_reg")
-
-
 class FixedPointMap(torch.nn.Module):
     r"""Base class of the fixed-point maps :math:`F(x; y, A)`.
 
@@ -30,13 +27,14 @@ class FixedPointMap(torch.nn.Module):
     name is in ``trainable_params`` and a buffer otherwise.
 
     :param torch.nn.Module denoiser: the denoiser :math:`D_\sigma`, called as ``denoiser(x, sigma)``.
-    :param deepinv.optim.DataFidelity data_fidelity: data fidelity :math:`f`; default
-        :class:`deepinv.optim.L2`.
-    :param float stepsize: :math:`\eta`.
-    :param float sigma_denoiser: :math:`\sigma`.
-    :param float lambda_reg: :math:`\lambda` (used by RED only).
+    :param deepinv.optim.DataFidelity data_fidelity: data fidelity :math:`f`. Default: ``None``,
+        meaning :class:`deepinv.optim.L2`.
+    :param float stepsize: :math:`\eta`. Default: ``1.0``.
+    :param float sigma_denoiser: :math:`\sigma`. Default: ``0.05``.
+    :param float lambda_reg: :math:`\lambda` (used by RED only). Default: ``None``, meaning ``1.0``
+        for RED.
     :param tuple trainable_params: names among ``"stepsize"``, ``"sigma_denoiser"``,
-        ``"lambda_reg"`` to learn.
+        ``"lambda_reg"`` to learn. Default: ``()``.
     """
 
     uses = ("stepsize", "sigma_denoiser")
@@ -130,6 +128,8 @@ def autograd_vjp(fmap, x: Tensor, y: Tensor, physics):
 
     :Examples:
 
+    The Jacobian of :math:`F(x) = 3x + y` is :math:`3I`:
+
     >>> import torch
     >>> from deepinv_deq.maps import autograd_vjp
     >>> vjp = autograd_vjp(lambda x, y, physics: 3 * x + y, torch.zeros(1, 2), torch.ones(1, 2), None)
@@ -179,14 +179,18 @@ class PGDMap(FixedPointMap):
         \text{ for the default } \ell_2 \text{ fidelity.}
 
     :param torch.nn.Module denoiser: :math:`D_\sigma`, called as ``denoiser(x, sigma)``.
-    :param deepinv.optim.DataFidelity data_fidelity: default :class:`deepinv.optim.L2`.
-    :param float stepsize: :math:`\eta`, typically below :math:`1/\|A\|^2`.
-    :param float sigma_denoiser: :math:`\sigma`.
+    :param deepinv.optim.DataFidelity data_fidelity: the data fidelity :math:`f`. Default: ``None``,
+        meaning :class:`deepinv.optim.L2`.
+    :param float stepsize: :math:`\eta`, typically below :math:`1/\|A\|^2`. Default: ``1.0``.
+    :param float sigma_denoiser: :math:`\sigma`. Default: ``0.05``.
     :param tuple trainable_params: parameters to learn, among ``"stepsize"``, ``"sigma_denoiser"``.
+        Default: ``()``.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    One PGD step with a median filter as denoiser on inpainting:
 
     >>> import torch, deepinv as dinv
     >>> from deepinv_deq.maps import PGDMap
@@ -213,14 +217,18 @@ class HQSMap(FixedPointMap):
     many physics, by conjugate gradient otherwise).
 
     :param torch.nn.Module denoiser: :math:`D_\sigma`.
-    :param deepinv.optim.DataFidelity data_fidelity: default :class:`deepinv.optim.L2`.
-    :param float stepsize: :math:`\eta`.
-    :param float sigma_denoiser: :math:`\sigma`.
+    :param deepinv.optim.DataFidelity data_fidelity: the data fidelity :math:`f`. Default: ``None``,
+        meaning :class:`deepinv.optim.L2`.
+    :param float stepsize: :math:`\eta`. Default: ``1.0``.
+    :param float sigma_denoiser: :math:`\sigma`. Default: ``0.05``.
     :param tuple trainable_params: parameters to learn, among ``"stepsize"``, ``"sigma_denoiser"``.
+        Default: ``()``.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    One HQS step (closed-form proximal step for inpainting):
 
     >>> import torch, deepinv as dinv
     >>> from deepinv_deq.maps import HQSMap
@@ -286,16 +294,19 @@ class REDMap(FixedPointMap):
         F(x) = x - \eta\big(\nabla f(x) + \lambda (x - D_\sigma(x))\big).
 
     :param torch.nn.Module denoiser: :math:`D_\sigma`.
-    :param deepinv.optim.DataFidelity data_fidelity: default :class:`deepinv.optim.L2`.
-    :param float stepsize: :math:`\eta`.
-    :param float sigma_denoiser: :math:`\sigma`.
-    :param float lambda_reg: :math:`\lambda`.
+    :param deepinv.optim.DataFidelity data_fidelity: the data fidelity :math:`f`. Default: ``None``,
+        meaning :class:`deepinv.optim.L2`.
+    :param float stepsize: :math:`\eta`. Default: ``1.0``.
+    :param float sigma_denoiser: :math:`\sigma`. Default: ``0.05``.
+    :param float lambda_reg: :math:`\lambda`. Default: ``None``, meaning ``1.0``.
     :param tuple trainable_params: parameters to learn, among ``"stepsize"``, ``"sigma_denoiser"``,
-        ``"lambda_reg"``.
+        ``"lambda_reg"``. Default: ``()``.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    One RED gradient step:
 
     >>> import torch, deepinv as dinv
     >>> from deepinv_deq.maps import REDMap
@@ -325,7 +336,9 @@ class CallableMap(torch.nn.Module):
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    A user-defined affine map:
 
     >>> import torch
     >>> from deepinv_deq.maps import CallableMap

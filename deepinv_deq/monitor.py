@@ -56,7 +56,9 @@ class SolveRecord:
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    The record of one forward solve:
 
     >>> import torch
     >>> from deepinv_deq.monitor import SolveRecord
@@ -159,7 +161,9 @@ class DEQMonitor:
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    Attach to a DEQ, reconstruct, and read the number of map evaluations as the Trainer would:
 
     >>> import torch, deepinv as dinv
     >>> from deepinv_deq import DEQ, DEQMonitor
