@@ -4,7 +4,8 @@ Two measurements on sparse-view tomography with a small contractive learned deno
 
 1. Forward iterations (map evaluations) of the extra solves: EI's :math:`f(A T_g \hat{x})` cold, as
    deepinv's :class:`deepinv.loss.EILoss` calls it (start at :math:`A^\top y`), versus warm, as
-   :class:`deepinv_deq.DEQEILoss` calls it (start at :math:`T_g \hat{x}`), and SURE's
+   :class:`deepinv_deq.DEQEILoss` calls it with ``warm_start=True`` (start at
+   :math:`T_g \hat{x}`), and SURE's
    :math:`f(y + \tau b)` cold versus warm at :math:`\hat{x}`
    (:class:`deepinv_deq.DEQSureGaussianLoss`), with the same random draws; at initialisation and
    after a few EI training steps (goal: warm >= 2x fewer). The EI gain grows as training makes
@@ -112,11 +113,13 @@ def extra_solve_nfe(model, physics, y, n_draws):
     pairs = {
         "EI": (
             lambda: dinv.loss.EILoss(transform(123), apply_noise=False),
-            lambda: DEQEILoss(transform(123), apply_noise=False),
+            lambda: DEQEILoss(transform(123), apply_noise=False, warm_start=True),
         ),
         "SURE": (
             lambda: dinv.loss.SureGaussianLoss(sigma=0.01, tau=1e-2, rng=torch.Generator().manual_seed(5)),
-            lambda: DEQSureGaussianLoss(sigma=0.01, tau=1e-2, rng=torch.Generator().manual_seed(5)),
+            lambda: DEQSureGaussianLoss(
+                sigma=0.01, tau=1e-2, rng=torch.Generator().manual_seed(5), warm_start=True
+            ),
         ),
     }
     out = {}
@@ -181,7 +184,7 @@ def main(argv=None):
     model = ours(Denoiser(), args)
     before = extra_solve_nfe(model, physics, y, args.draws)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    losses = [dinv.loss.MCLoss(), DEQEILoss(transform(args.seed))]
+    losses = [dinv.loss.MCLoss(), DEQEILoss(transform(args.seed), warm_start=True)]
     for _ in range(args.train_steps):
         train_step(model, opt, losses, physics, x)
     after = extra_solve_nfe(model, physics, y, args.draws)
@@ -194,7 +197,7 @@ def main(argv=None):
     base = Denoiser()
     ours_model = ours(copy.deepcopy(base), args)
     ref_model = deepinv_deq(copy.deepcopy(base), args)
-    ours_losses = [dinv.loss.MCLoss(), DEQEILoss(transform(7))]
+    ours_losses = [dinv.loss.MCLoss(), DEQEILoss(transform(7), warm_start=True)]
     ref_losses = [dinv.loss.MCLoss(), dinv.loss.EILoss(transform(7))]
     cold_model = ours(copy.deepcopy(base), args)
     cold_losses = [dinv.loss.MCLoss(), dinv.loss.EILoss(transform(7))]

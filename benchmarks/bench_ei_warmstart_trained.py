@@ -4,8 +4,8 @@ r"""Cold vs warm EI solves of a DEQ trained by ``deepinv-deq`` (complements benc
 finished EI-DEQ run of the experiments (e.g. the ``ct/deq-ei`` run of ``deepinv-deq demo``) and
 counts, on its held-out measurements, the forward map evaluations of EI's transformed solve
 :math:`f(A T_g \hat x)` started cold at the model's default init (as deepinv's ``EILoss`` calls it)
-and warm at :math:`T_g \hat x` (as :class:`deepinv_deq.DEQEILoss` calls it), with the same group
-elements, for several tolerances. Run::
+and warm at :math:`T_g \hat x` (as :class:`deepinv_deq.DEQEILoss` calls it with
+``warm_start=True``), with the same group elements, for several tolerances. Run::
 
     python benchmarks/bench_ei_warmstart_trained.py deepinv_deq_results/ct/deq-ei
 """
