@@ -257,7 +257,7 @@ def test_warm_and_cold_ei_differ_when_the_fixed_point_is_not_unique():
         ("cold", DEQEILoss(rot90, apply_noise=False)),
         ("warm", DEQEILoss(rot90, apply_noise=False, warm_start=True)),
     ):
-        values[name] = float(loss(x_net=x_net, physics=physics, model=model))
+        values[name] = float(loss(x_net=x_net, physics=physics, model=model).detach())
         assert model.forward_stats.all_converged
     t = rot90(x_net)
     expected = float(torch.nn.functional.mse_loss(physics.A_adjoint(physics.A(t)), t))
