@@ -259,7 +259,7 @@ def test_warm_and_cold_ei_differ_when_the_fixed_point_is_not_unique():
     ):
         values[name] = float(loss(x_net=x_net, physics=physics, model=model).detach())
         assert model.forward_stats.all_converged
-    t = rot90(x_net)
+    t = rot90(x_net.detach())
     expected = float(torch.nn.functional.mse_loss(physics.A_adjoint(physics.A(t)), t))
     assert values["deepinv"] == values["cold"] == pytest.approx(expected, rel=1e-5)
     assert expected > 1e-2
