@@ -10,6 +10,9 @@ import difflib
 import math
 from collections.abc import Iterable, Mapping
 
+import torch
+from torch import Tensor
+
 
 def reject_unknown(owner: str, options: Mapping, valid: Iterable[str]) -> None:
     r"""Raise a :class:`ValueError` if ``options`` holds a key outside ``valid``.
@@ -68,3 +71,191 @@ def check_choice(owner: str, name: str, value, choices: Iterable[str]) -> str:
     if isinstance(value, str) and value.lower() in [c.lower() for c in choices]:
         return value.lower()
     raise ValueError(f"{owner}: '{name}' must be one of {choices}, got {value!r}.")
+
+
+def resolve(spec, registry: Mapping, owner: str, name: str, base, **options):
+    r"""Build an object from its name in ``registry``, or check and return an instance.
+
+    The one place where a setting given as a name or as an instance (a solver, a backward
+    strategy) is turned into an object: a name is checked against ``registry`` and its options
+    against the class's ``_options``; an instance must be of type ``base`` and comes without
+    options (they are set on the instance).
+
+    :param str, object spec: a name of ``registry`` or an instance of ``base``.
+    :param dict registry: the names accepted here and their classes.
+    :param str owner: name of the object receiving the setting (used in messages).
+    :param str name: name of the setting (used in messages).
+    :param type, tuple base: the accepted instance type(s).
+    :param options: keyword options of the class; an unknown one raises :class:`ValueError`.
+    :return: the object.
+
+    :Examples:
+
+    Unknown names, unknown options and instances of the wrong kind are named in the error:
+
+    >>> from deepinv_deq._validation import resolve
+    >>> from deepinv_deq.solvers import SOLVERS, FixedPointSolver
+    >>> resolve("fixed_point", SOLVERS, "DEQ", "solver", FixedPointSolver, damping=0.5)
+    FixedPointIteration(max_iter=50, tol=0.0001, atol=0.0, divergence_ratio=10000.0, damping=0.5)
+    >>> resolve("broyden", SOLVERS, "DEQ", "solver", FixedPointSolver)
+    Traceback (most recent call last):
+    ...
+    ValueError: DEQ: 'solver' must be one of ['fixed_point', 'anderson', 'gmres'], got 'broyden'.
+    """
+    if isinstance(spec, base):
+        if options:
+            raise ValueError(
+                f"{owner}: option(s) {sorted(options)} cannot be combined with a {name} instance; "
+                "set them on the instance."
+            )
+        return spec
+    if not isinstance(spec, str):
+        kinds = base if isinstance(base, tuple) else (base,)
+        raise ValueError(
+            f"{owner}: '{name}' must be one of {list(registry)} or an instance of "
+            f"{' or '.join(k.__name__ for k in kinds)}, got {spec!r}."
+        )
+    key = check_choice(owner, name, spec, registry)
+    cls = registry[key]
+    reject_unknown(f"{owner} ({name} '{key}')", options, cls._options)
+    return cls(**options)
+
+
+class _DefaultInt(int):
+    __slots__ = ()
+
+
+class _DefaultFloat(float):
+    __slots__ = ()
+
+
+class _DefaultStr(str):
+    __slots__ = ()
+
+
+def default(value):
+    r"""Mark a default value so that a signature shows it (``max_iter=50``) while the code can
+    still tell whether the user passed the argument (see :func:`is_given`)."""
+    for kind, marked in ((bool, None), (int, _DefaultInt), (float, _DefaultFloat), (str, _DefaultStr)):
+        if isinstance(value, kind):
+            return value if marked is None else marked(value)
+    return value
+
+
+def is_given(value) -> bool:
+    r"""``False`` for a value left at its :func:`default` (or ``None``), ``True`` otherwise.
+
+    :Examples:
+
+    >>> from deepinv_deq._validation import default, is_given
+    >>> MAX_ITER = default(50)
+    >>> MAX_ITER, is_given(MAX_ITER), is_given(50)
+    (50, False, True)
+    """
+    return value is not None and not isinstance(value, (_DefaultInt, _DefaultFloat, _DefaultStr))
+
+
+def tensor_parts(y) -> list:
+    r"""The tensors of a measurement: ``[y]`` for a tensor, its parts for a deepinv
+    :class:`deepinv.utils.TensorList` (the measurements of stacked physics)."""
+    parts = getattr(y, "x", None)
+    return list(parts) if isinstance(parts, list) else [y]
+
+
+def check_measurements(owner: str, y, init, ref) -> None:
+    r"""Check the measurements ``y`` (a tensor or a TensorList) and the optional initial iterate
+    against the floating-point tensor ``ref`` of the model (device, dtype), and that both are
+    finite (one host synchronisation)."""
+    parts = tensor_parts(y)
+    for part in parts:
+        if not isinstance(part, Tensor):
+            raise ValueError(f"{owner}: y must be a tensor or a TensorList of tensors, got {type(part).__name__}.")
+        if not (part.is_floating_point() or part.is_complex()):
+            raise ValueError(f"{owner}: y must be a floating-point tensor, got dtype {part.dtype}.")
+        if ref is not None and part.device != ref.device:
+            raise ValueError(
+                f"{owner}: y is on device {part.device} but the model is on {ref.device}; move one of "
+                "them (e.g. model.to(y.device))."
+            )
+        if ref is not None and part.real.dtype != ref.dtype:
+            raise ValueError(
+                f"{owner}: y has dtype {part.dtype} but the model's parameters have dtype {ref.dtype}; "
+                "convert one of them (e.g. model.to(y.dtype))."
+            )
+    if init is not None:
+        if not isinstance(init, Tensor):
+            raise ValueError(f"{owner}: 'init' must be a tensor, got {type(init).__name__}.")
+        if not (init.is_floating_point() or init.is_complex()):
+            raise ValueError(f"{owner}: 'init' must be a floating-point tensor, got {init.dtype}.")
+        if init.device != parts[0].device:
+            raise ValueError(f"{owner}: 'init' is on {init.device} but y is on {parts[0].device}.")
+        if init.real.dtype != parts[0].real.dtype:
+            raise ValueError(f"{owner}: 'init' has dtype {init.dtype} but y has dtype {parts[0].dtype}.")
+    flags = torch.stack([torch.isfinite(t).all() for t in parts + ([] if init is None else [init])])
+    if not bool(flags.all()):
+        which = "the measurements y contain" if not bool(flags[: len(parts)].all()) else "'init' contains"
+        raise ValueError(f"{owner}: {which} NaN or Inf.")
+
+
+def check_deq_arguments(unknown: Mapping, valid: Iterable[str], iteration, denoiser, solver) -> None:
+    r"""The mistakes a new user of :class:`deepinv_deq.DEQ` meets, each with a hint."""
+    if "prior" in unknown:
+        raise ValueError(
+            "DEQ takes the denoiser itself, not a deepinv prior: use DEQ(denoiser=...), e.g. "
+            "DEQ(denoiser=prior.denoiser) for a dinv.optim.PnP prior."
+        )
+    reject_unknown("DEQ", unknown, valid)
+    if isinstance(iteration, str) and denoiser is None:
+        raise ValueError(
+            f"DEQ: the '{iteration}' iteration needs a denoiser, e.g. "
+            "DEQ(denoiser=deepinv_deq.ContractiveDenoiser()) or a deepinv denoiser such as "
+            "dinv.models.DnCNN(pretrained=None); or pass a callable iteration F(x, y, physics)."
+        )
+    if type(solver).__name__ == "GMRES":
+        raise ValueError(
+            "DEQ: GMRES solves the linear backward system only; pass it as backward_solver='gmres' "
+            "(or ImplicitBackward(solver=GMRES())). The forward 'solver' must be 'anderson', "
+            "'fixed_point' or a FixedPointSolver instance."
+        )
+
+
+def _shapes(t):
+    return [tuple(p.shape) for p in tensor_parts(t)]
+
+
+def measurement_error(owner: str, y, error: Exception) -> ValueError:
+    r"""The error for measurements ``y`` that the physics rejects (``A^T y`` fails)."""
+    return ValueError(f"{owner}: y of shape {_shapes(y)} does not fit the physics ({type(error).__name__}: {error}).")
+
+
+def explain_map_error(owner: str, error: Exception, x: Tensor, y, physics, init) -> Exception:
+    r"""The error to raise when the fixed-point map fails on the iterate ``x``.
+
+    A shape mismatch that can be proven (``A^T y`` fails, ``init`` does not have the shape of
+    ``A^T y``, or ``A(A^T y)`` does not have the shape of ``y``) becomes a :class:`ValueError`
+    naming it; any other error keeps its type and gains the shapes involved in its message."""
+    try:
+        with torch.no_grad():
+            image = physics.A_adjoint(y)
+            measured = physics.A(image)
+    except Exception as e:  # the physics itself rejects y
+        return measurement_error(owner, y, e)
+    if init is not None and tuple(init.shape) != tuple(image.shape):
+        return ValueError(
+            f"{owner}: 'init' has shape {tuple(init.shape)} but the images of this physics have shape "
+            f"{tuple(image.shape)} (that of A^T y)."
+        )
+    if _shapes(measured) != _shapes(y):
+        return ValueError(
+            f"{owner}: y has shape {_shapes(y)} but the physics produces measurements of shape "
+            f"{_shapes(measured)}."
+        )
+    context = (
+        f"{owner}: raised while evaluating the fixed-point map on an iterate of shape {tuple(x.shape)} "
+        f"(y of shape {_shapes(y)}): check that the denoiser accepts images of this shape."
+    )
+    if type(error) is RuntimeError:
+        return RuntimeError(f"{error}\n{context}")
+    if hasattr(error, "add_note"):
+        error.add_note(context)
+    return error

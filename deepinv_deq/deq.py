@@ -1,42 +1,59 @@
-r"""The deep equilibrium reconstructor: a fixed-point map, a forward solver and a backward."""
+r"""The deep equilibrium reconstructor: a fixed-point map, a forward solver and a backward strategy."""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import warnings
-
-from collections import OrderedDict
+import itertools
 from typing import Callable
 
 import torch
 from torch import Tensor
-from torch.utils.hooks import RemovableHandle
 from deepinv.models import Reconstructor
 
-from ._validation import check_choice, reject_unknown
-from .implicit import ImplicitBackward
+from ._autodiff import expand_as_batch
+from ._report import POLICIES, HookRegistry, enforce
+from ._validation import (
+    check_choice,
+    check_deq_arguments,
+    check_measurements,
+    default,
+    explain_map_error,
+    measurement_error,
+    is_given,
+    reject_unknown,
+    resolve,
+)
+from .backward import BACKWARDS, BackwardStrategy, ImplicitDifferentiation
 from .maps import build_map
-from .solvers import SolverStats, SolverStatus, get_solver
+from .solvers import FORWARD_SOLVERS, FixedPointSolver, SolverStats
 
-FORWARD_SOLVERS = ("fixed_point", "anderson")
-
-
-@contextlib.contextmanager
-def _explained(action: str):
-    # turn a shape/dtype/device error inside torch into a ValueError that says what DEQ was doing
-    try:
-        yield
-    except RuntimeError as e:
-        if "out of memory" in str(e):
-            raise
-        raise ValueError(f"DEQ: {action} failed; check that y, init and the physics fit: {e}") from e
+INITS = ("adjoint", "pseudo_inverse")
+# ImplicitBackward's names of the phantom options, accepted in backward_options
+_BACKWARD_ALIASES = {"phantom_steps": "steps", "phantom_damping": "damping"}
 
 
 def _parameter_names(fn) -> list[str]:
-    skip = {"self", "unknown", "kwargs"}
-    return [n for n in inspect.signature(fn).parameters if n not in skip]
-INITS = ("adjoint", "pseudo_inverse")
+    return [n for n in inspect.signature(fn).parameters if n not in ("self", "unknown", "kwargs")]
+
+
+def _explained(fmap: Callable, y, physics, init) -> Callable:
+    # the map, whose errors say which input does not fit (see explain_map_error)
+    def wrapped(x):
+        try:
+            return fmap(x)
+        except RuntimeError as e:
+            error = explain_map_error("DEQ", e, x, y, physics, init)
+            if error is e:
+                raise
+            raise error from e
+
+    return wrapped
+
+
+def _grad_leaves(module) -> list[Tensor]:
+    if not isinstance(module, torch.nn.Module):
+        return []
+    return [t for t in (*module.parameters(), *module.buffers()) if t.requires_grad]
 
 
 class DEQ(Reconstructor):
@@ -47,143 +64,168 @@ class DEQ(Reconstructor):
         \hat{x} = x^\star \quad\text{with}\quad x^\star = F_\theta(x^\star; y, A),
 
     where :math:`F_\theta` is e.g. a proximal gradient step whose proximal operator is the learned
-    denoiser :math:`D_\theta`. The forward pass solves for :math:`x^\star` without building an
-    autograd graph (fixed-point iteration or Anderson acceleration, per-sample stopping); the
-    gradient is obtained by implicit differentiation (or JFB / phantom gradients), see
-    :class:`deepinv_deq.ImplicitBackward`. Memory is therefore constant in the number of iterations.
+    denoiser :math:`D_\theta` :footcite:p:`bai2019deep,gilton2021deep`. ``DEQ`` composes three
+    parts: the map (:mod:`deepinv_deq.maps`), a forward solver that finds :math:`x^\star` without
+    an autograd graph (fixed-point iteration or Anderson acceleration
+    :footcite:p:`walker2011anderson`, per-sample stopping), and a backward strategy
+    (:mod:`deepinv_deq.backward`): implicit differentiation, JFB :footcite:p:`fung2022jfb` or
+    phantom gradients :footcite:p:`geng2021phantom`. Memory is constant in the number of iterations.
+
+    One failure policy, ``on_failure``, covers both solves: samples whose forward solve stops
+    without meeting ``tol`` (budget, divergence, NaN) and samples whose backward solve does not
+    meet ``backward_tol`` warn (``"warn"``), fall back to the JFB gradient (``"jfb"``) or raise
+    (``"raise"``). A sample whose map never gives a finite value returns its initial iterate,
+    with no gradient. Under :func:`torch.autocast` (bfloat16/float16 maps), relative residuals
+    much below ``1e-2`` are out of reach: set ``tol`` and ``backward_tol`` accordingly.
 
     :param torch.nn.Module denoiser: the denoiser :math:`D_\theta`, called ``denoiser(x, sigma)``
-        (e.g. :class:`deepinv.models.DnCNN`). Required for the built-in iterations.
-    :param str, Callable iteration: ``"PGD"`` (default), ``"HQS"``, ``"RED"`` (see
-        :mod:`deepinv_deq.maps`), or a callable ``F(x, y, physics) -> x`` (then ``denoiser``,
-        ``stepsize``, ``sigma_denoiser``, ``data_fidelity``, ``lambda_reg`` and
-        ``trainable_params`` must be left unset).
-    :param float stepsize: step size :math:`\eta` (default 1.0).
-    :param float sigma_denoiser: denoiser noise level :math:`\sigma` (default 0.05).
-    :param deepinv.optim.DataFidelity data_fidelity: default :class:`deepinv.optim.L2`.
-    :param int max_iter: maximum forward map evaluations (default 50; with a solver instance, set
-        it on the instance).
-    :param float tol: forward relative residual tolerance (default ``1e-4``; likewise).
-    :param str, torch.nn.Module solver: ``"anderson"`` (default), ``"fixed_point"`` or a solver
-        instance from :mod:`deepinv_deq.solvers`.
-    :param str, ImplicitBackward backward: ``"implicit"`` (default), ``"jfb"``, ``"phantom"`` or an
-        :class:`ImplicitBackward` instance.
-    :param int backward_max_iter: maximum iterations of the implicit backward solve (default 50).
-    :param float backward_tol: tolerance of the implicit backward solve (default ``1e-5``).
-    :param str backward_solver: ``"anderson"`` (default), ``"fixed_point"`` or ``"gmres"``.
-    :param float lambda_reg: regularisation weight of the RED iteration.
+        (e.g. :class:`deepinv_deq.ContractiveDenoiser`). Required for the built-in iterations.
+    :param str, Callable iteration: ``"PGD"``, ``"HQS"``, ``"RED"`` (see :mod:`deepinv_deq.maps`),
+        or a callable ``F(x, y, physics) -> x`` (then ``denoiser``, ``stepsize``,
+        ``sigma_denoiser``, ``data_fidelity``, ``lambda_reg`` and ``trainable_params`` must be left
+        unset). Default: ``"PGD"``.
+    :param float stepsize: step size :math:`\eta`. Default: ``1.0``.
+    :param float sigma_denoiser: denoiser noise level :math:`\sigma`. Default: ``0.05``.
+    :param deepinv.optim.DataFidelity data_fidelity: the data fidelity. Default:
+        :class:`deepinv.optim.L2`.
+    :param int max_iter: maximum forward map evaluations (with a solver instance, set it on the
+        instance). Default: ``50``.
+    :param float tol: forward relative residual tolerance (likewise). Default: ``1e-4``.
+    :param str, torch.nn.Module solver: ``"anderson"``, ``"fixed_point"`` or a
+        :class:`deepinv_deq.solvers.FixedPointSolver` instance. Default: ``"anderson"``.
+    :param str, torch.nn.Module backward: ``"implicit"``, ``"jfb"``, ``"phantom"`` or an instance
+        of :class:`deepinv_deq.ImplicitBackward` or of a
+        :class:`deepinv_deq.backward.BackwardStrategy`. Default: ``"implicit"``.
+    :param int backward_max_iter: maximum iterations of the backward linear solve. Default: ``50``.
+    :param float backward_tol: tolerance of the backward linear solve. Default: ``1e-5``.
+    :param str backward_solver: ``"anderson"``, ``"fixed_point"`` or ``"gmres"``. Default:
+        ``"anderson"``. These three options are validated with every named ``backward`` and used
+        by those that solve a linear system (``"implicit"``); with ``"jfb"`` or ``"phantom"`` they
+        are unused, so that a sweep over ``backward`` may keep them fixed.
+    :param float lambda_reg: regularisation weight of the RED iteration. Default: ``1.0``.
     :param tuple trainable_params: scalar parameters to learn, among ``"stepsize"``,
-        ``"sigma_denoiser"`` (and ``"lambda_reg"`` for RED).
+        ``"sigma_denoiser"`` (and ``"lambda_reg"`` for RED). Default: none.
     :param str, Callable init: initial iterate when none is passed: ``"adjoint"`` (:math:`A^\top y`,
-        default, as deepinv's optimisers), ``"pseudo_inverse"`` (:math:`A^\dagger y`) or a callable
-        ``init(y, physics)``.
+        as deepinv's optimisers), ``"pseudo_inverse"`` (:math:`A^\dagger y`) or a callable
+        ``init(y, physics)``. Default: ``"adjoint"``.
+    :param str on_failure: ``"warn"``, ``"jfb"`` or ``"raise"``, see above. Default: ``"warn"``,
+        or the policy of a backward instance.
     :param dict solver_options: further options of the forward solver (e.g. ``history_size``).
-    :param dict backward_options: further options of :class:`ImplicitBackward`.
+    :param dict backward_options: further options of the backward strategy (e.g.
+        ``phantom_steps``, or ``history_size`` of its linear solver).
+    :param str, torch.device device: device of the model. Default: that of its parameters.
 
     After each call, :attr:`forward_stats` holds the :class:`deepinv_deq.solvers.SolverStats` of the
-    forward solve and :attr:`backward_stats` those of the last implicit backward solve; to see every
-    solve (an EI step makes several), use :meth:`register_stats_hook` or
-    :class:`deepinv_deq.DEQMonitor`.
+    forward solve and :attr:`backward_stats` those of the last implicit backward solve of this
+    model; to see every solve (an EI step makes several), use :meth:`register_stats_hook` or
+    :class:`deepinv_deq.DEQMonitor`. A backward instance may be shared by several models.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    Reconstruct an inpainting problem and differentiate through the fixed point:
 
     >>> import torch, deepinv as dinv
-    >>> from deepinv_deq import DEQ
+    >>> from deepinv_deq import DEQ, ContractiveDenoiser
     >>> physics = dinv.physics.Inpainting(img_size=(1, 16, 16), mask=0.7)
-    >>> denoiser = dinv.models.DnCNN(1, 1, depth=3, nf=8, pretrained=None)
-    >>> model = DEQ(denoiser=denoiser, iteration="PGD", stepsize=1.0, max_iter=20, tol=1e-3)
+    >>> model = DEQ(denoiser=ContractiveDenoiser(), iteration="PGD", max_iter=30, tol=1e-4)
     >>> x = torch.rand(2, 1, 16, 16)
     >>> y = physics(x)
     >>> x_hat = model(y, physics)
-    >>> x_hat.shape, model.forward_stats.nfe <= 20
+    >>> x_hat.shape, model.forward_stats.all_converged
     (torch.Size([2, 1, 16, 16]), True)
     >>> torch.nn.functional.mse_loss(x_hat, x).backward()  # implicit differentiation
-    >>> model.backward_stats.solver
-    'anderson'
+    >>> model.backward_stats.solver, model.backward_stats.all_converged
+    ('anderson', True)
+
+    .. footbibliography::
     """
 
     def __init__(
         self,
         denoiser: torch.nn.Module | None = None,
         iteration="PGD",
-        stepsize: float | None = None,
-        sigma_denoiser: float | None = None,
+        stepsize: float = default(1.0),
+        sigma_denoiser: float = default(0.05),
         data_fidelity=None,
-        max_iter: int | None = None,
-        tol: float | None = None,
+        max_iter: int = default(50),
+        tol: float = default(1e-4),
         solver="anderson",
         backward="implicit",
-        backward_max_iter: int | None = None,
-        backward_tol: float | None = None,
-        backward_solver: str | None = None,
-        lambda_reg: float | None = None,
+        backward_max_iter: int = default(50),
+        backward_tol: float = default(1e-5),
+        backward_solver: str = default("anderson"),
+        lambda_reg: float = default(1.0),
         trainable_params=(),
         init="adjoint",
+        on_failure: str | None = None,
         solver_options: dict | None = None,
         backward_options: dict | None = None,
+        device=None,
         **unknown,
     ):
         super().__init__()
-        reject_unknown("DEQ", unknown, _parameter_names(DEQ.__init__))
+        check_deq_arguments(unknown, _parameter_names(DEQ.__init__), iteration, denoiser, solver)
+        given = lambda v: v if is_given(v) else None
         self.map = build_map(
             iteration,
             denoiser=denoiser,
             data_fidelity=data_fidelity,
-            stepsize=stepsize,
-            sigma_denoiser=sigma_denoiser,
-            lambda_reg=lambda_reg,
+            stepsize=given(stepsize),
+            sigma_denoiser=given(sigma_denoiser),
+            lambda_reg=given(lambda_reg),
             trainable_params=tuple(trainable_params),
         )
-        solver_options = dict(solver_options or {})
-        if isinstance(solver, torch.nn.Module):
-            if solver_options or max_iter is not None or tol is not None:
-                raise ValueError(
-                    "DEQ: max_iter, tol and solver_options cannot be combined with a solver "
-                    "instance; set them on the instance."
-                )
-            self.solver = get_solver(solver, owner="DEQ")
-        else:
-            self.solver = get_solver(
-                solver,
-                owner="DEQ",
-                allowed=FORWARD_SOLVERS,
-                max_iter=50 if max_iter is None else max_iter,
-                tol=1e-4 if tol is None else tol,
-                **solver_options,
-            )
-        backward_options = dict(backward_options or {})
-        if isinstance(backward, ImplicitBackward):
-            if backward_options or any(
-                v is not None for v in (backward_max_iter, backward_tol, backward_solver)
-            ):
+        budget = {"max_iter": max_iter, "tol": tol}
+        if isinstance(solver, FixedPointSolver):
+            budget = {k: v for k, v in budget.items() if is_given(v)}
+        self.solver = resolve(solver, FORWARD_SOLVERS, "DEQ", "solver", FixedPointSolver, **budget, **(solver_options or {}))
+        linear = {"max_iter": backward_max_iter, "tol": backward_tol, "solver": backward_solver}
+        self.on_failure, self.backward = self._build_backward(backward, linear, dict(backward_options or {}), on_failure)
+        self.init = init if callable(init) else check_choice("DEQ", "init", init, INITS)
+        self.forward_stats: SolverStats | None = None
+        self._backward_stats: SolverStats | None = None
+        self._hooks = HookRegistry()
+        if device is not None:
+            self.to(device)
+
+    @staticmethod
+    def _build_backward(backward, linear: dict, options: dict, on_failure):
+        if isinstance(backward, BackwardStrategy):
+            if options or any(is_given(v) for v in linear.values()):
                 raise ValueError(
                     "DEQ: backward_max_iter, backward_tol, backward_solver and backward_options "
-                    "cannot be combined with an ImplicitBackward instance; set them on the instance."
+                    "cannot be combined with an ImplicitBackward instance (or another backward "
+                    "strategy instance); set them on the instance."
                 )
-            self.backward = backward
-        else:
-            opts = dict(backward_options)
-            for name, value in (
-                ("max_iter", backward_max_iter),
-                ("tol", backward_tol),
-                ("solver", backward_solver),
-            ):
-                if value is not None:
-                    if name in opts:
-                        raise ValueError(f"DEQ: '{name}' given twice (backward_{name} and backward_options).")
-                    opts[name] = value
-            self.backward = ImplicitBackward(mode=backward, **opts)
-        if callable(init):
-            self.init = init
-        else:
-            self.init = check_choice("DEQ", "init", init, INITS)
-        self.forward_stats: SolverStats | None = None
-        self._stats_hooks: OrderedDict = OrderedDict()
-        self.backward.register_stats_hook(self._dispatch_backward_stats)
+            own = getattr(backward, "on_failure", None)
+            if on_failure is not None and own is not None and on_failure != own:
+                raise ValueError(
+                    f"DEQ: on_failure={on_failure!r} differs from the backward instance's "
+                    f"on_failure={own!r}; set one policy."
+                )
+            policy = on_failure or own or "warn"
+            return check_choice("DEQ", "on_failure", policy, POLICIES), backward
+        for name, value in linear.items():
+            if is_given(value) and name in options:
+                raise ValueError(f"DEQ: '{name}' given twice (backward_{name} and backward_options).")
+            options.setdefault(name, value)
+        own = options.pop("on_failure", None)
+        if on_failure is not None and own is not None and on_failure != own:
+            raise ValueError(f"DEQ: on_failure={on_failure!r} differs from backward_options' {own!r}.")
+        policy = check_choice("DEQ", "on_failure", on_failure or own or "warn", POLICIES)
+        name = check_choice("DEQ", "backward", backward, BACKWARDS)
+        options = {_BACKWARD_ALIASES.get(k, k): v for k, v in options.items()}
+        if name == "implicit":
+            options["on_failure"] = policy
+        else:  # the linear-solve options are validated, though this strategy does not use them
+            own_options = BACKWARDS[name]._options
+            linear_keys = [k for k in options if k in ImplicitDifferentiation._options and k not in own_options]
+            ImplicitDifferentiation(**{k: options.pop(k) for k in linear_keys})
+        return policy, resolve(name, BACKWARDS, "DEQ", "backward", BackwardStrategy, **options)
 
-    def register_stats_hook(self, hook: Callable[[str, SolverStats], None]) -> RemovableHandle:
+    def register_stats_hook(self, hook: Callable[[str, SolverStats], None]):
         r"""Call ``hook(kind, stats)`` after every solve of this model.
 
         ``kind`` is ``"forward"`` for a forward solve and ``"backward"`` for an implicit backward
@@ -193,18 +235,16 @@ class DEQ(Reconstructor):
         :param Callable hook: the function to call.
         :return: a handle whose ``remove()`` unregisters the hook.
         """
-        handle = RemovableHandle(self._stats_hooks)
-        self._stats_hooks[handle.id] = hook
-        return handle
+        return self._hooks.register(hook)
 
-    def _dispatch_backward_stats(self, kind: str, stats: SolverStats) -> None:
-        for hook in tuple(self._stats_hooks.values()):
-            hook(kind, stats)
+    def _on_backward_stats(self, kind: str, stats: SolverStats) -> None:
+        self._backward_stats = stats
+        self._hooks(kind, stats)
 
     @property
     def backward_stats(self) -> SolverStats | None:
-        r"""Statistics of the last implicit backward solve (``None`` before the first one)."""
-        return self.backward.last_stats
+        r"""Statistics of the last implicit backward solve of this model (``None`` before the first)."""
+        return self._backward_stats
 
     def initial_iterate(self, y: Tensor, physics) -> Tensor:
         r"""The default initial iterate :math:`x_0` (:math:`A^\top y`, :math:`A^\dagger y` or the
@@ -215,114 +255,55 @@ class DEQ(Reconstructor):
             return physics.A_dagger(y)
         return physics.A_adjoint(y)
 
-    def _check_measurements(self, y) -> None:
-        if not isinstance(y, Tensor):
-            raise ValueError(f"DEQ: y must be a tensor, got {type(y).__name__}.")
-        if not (y.is_floating_point() or y.is_complex()):
-            raise ValueError(f"DEQ: y must be a floating-point tensor, got dtype {y.dtype}.")
-        ref = next((t for t in self.parameters() if t.is_floating_point()), None)
-        if ref is None:
-            ref = next((t for t in self.buffers() if t.is_floating_point()), None)
-        if ref is not None:
-            if y.device != ref.device:
-                raise ValueError(
-                    f"DEQ: y is on device {y.device} but the model is on {ref.device}; move one of "
-                    "them (e.g. model.to(y.device))."
-                )
-            if y.real.dtype != ref.dtype:
-                raise ValueError(
-                    f"DEQ: y has dtype {y.dtype} but the model's parameters have dtype {ref.dtype}; "
-                    "convert one of them (e.g. model.to(y.dtype))."
-                )
-
-    def _check_init(self, y: Tensor, init: Tensor) -> None:
-        # the shape of init is checked by the first map evaluation (see checked_map in forward):
-        # computing A^T y only to compare shapes would cost an adjoint on every warm start
-        if not isinstance(init, Tensor):
-            raise ValueError(f"DEQ: 'init' must be a tensor, got {type(init).__name__}.")
-        if init.device != y.device:
-            raise ValueError(f"DEQ: 'init' is on {init.device} but y is on {y.device}.")
-        if not init.is_floating_point() and not init.is_complex():
-            raise ValueError(f"DEQ: 'init' must be a floating-point tensor, got {init.dtype}.")
-        if init.real.dtype != y.real.dtype:
-            raise ValueError(f"DEQ: 'init' has dtype {init.dtype} but y has dtype {y.dtype}.")
-
-    def forward(
-        self,
-        y: Tensor,
-        physics,
-        init: Tensor | None = None,
-        x_gt: Tensor | None = None,
-        compute_metrics: bool = False,
-        **kwargs,
-    ):
+    def forward(self, y: Tensor, physics, init: Tensor | None = None, x_gt: Tensor | None = None,
+                compute_metrics: bool = False, **kwargs):
         r"""Reconstruct :math:`x^\star` from the measurements.
 
-        :param torch.Tensor y: measurements.
+        :param torch.Tensor y: measurements (a :class:`deepinv.utils.TensorList` for stacked physics).
         :param deepinv.physics.Physics physics: forward operator.
-        :param torch.Tensor init: optional initial iterate (warm start); default from ``init``.
+        :param torch.Tensor init: optional initial iterate (warm start). Default: from ``init``.
         :param torch.Tensor x_gt: ground truth, used only with ``compute_metrics``.
         :param bool compute_metrics: if ``True``, also return per-iteration metrics in the format of
             :attr:`deepinv.Trainer.plot_convergence_metrics` (``{"residual": [[...]], "psnr":
-            [[...]]}``, indexed by sample then iteration).
+            [[...]]}``, indexed by sample then iteration). Default: ``False``.
         :return: the reconstruction, or ``(x, metrics)`` when ``compute_metrics`` is ``True``.
         """
         reject_unknown("DEQ.forward", kwargs, _parameter_names(DEQ.forward))
-        self._check_measurements(y)
+        ref = next((t for t in itertools.chain(self.parameters(), self.buffers()) if t.is_floating_point()), None)
+        check_measurements("DEQ", y, init, ref)
+        x0 = self._initial_iterate(y, physics, init)
+        psnr, callback = self._metrics_recorder(x_gt) if compute_metrics else (None, None)
+        fmap = lambda x: self.map(x, y, physics)
+        result = self.solver(_explained(fmap, y, physics, init), x0, callback=callback)
+        failed = self._report(result.stats)
+        x = self._differentiate(fmap, result, physics, failed)
+        return (x, self._metrics(result.stats, psnr)) if compute_metrics else x
+
+    def _initial_iterate(self, y, physics, init: Tensor | None) -> Tensor:
         if init is not None:
-            self._check_init(y, init)
-        # one host synchronisation for both finiteness checks
-        finite = torch.isfinite(y).all()
-        if init is not None:
-            finite = finite & torch.isfinite(init).all()
-        if not bool(finite):
-            if not bool(torch.isfinite(y).all()):
-                raise ValueError("DEQ: the measurements y contain NaN or Inf.")
-            raise ValueError("DEQ: 'init' contains NaN or Inf.")
-        with torch.no_grad(), _explained(f"computing the initial iterate from y of shape {tuple(y.shape)}"):
-            x0 = (self.initial_iterate(y, physics) if init is None else init).detach()
+            return init.detach()
+        with torch.no_grad():
+            try:
+                return self.initial_iterate(y, physics).detach()
+            except RuntimeError as e:
+                if "out of memory" in str(e):
+                    raise
+                raise measurement_error("DEQ", y, e) from e
 
-        def fmap(x):
-            return self.map(x, y, physics)
+    def _report(self, stats: SolverStats) -> Tensor | None:
+        # statistics to the hooks, then the failure policy; returns the samples to fall back to JFB
+        self.forward_stats = stats
+        self._hooks("forward", stats)
+        failed = enforce(stats, self.on_failure, "DEQ", "forward")
+        return failed if self.on_failure == "jfb" else None
 
-        callback = None
-        metrics = None
-        if compute_metrics:
-            metrics, callback = self._metrics_recorder(x_gt)
-        first = [True]
-
-        def checked_map(x):
-            # the first evaluation is where inputs that do not fit the physics or the denoiser
-            # fail: name them in the error instead of surfacing a bare torch error
-            if first[0]:
-                first[0] = False
-                with _explained(
-                    f"evaluating the fixed-point map on an iterate of shape {tuple(x.shape)} "
-                    f"(from y of shape {tuple(y.shape)})"
-                ):
-                    return fmap(x)
-            return fmap(x)
-
-        result = self.solver(checked_map, x0, callback=callback)
-        self.forward_stats = result.stats
-        for hook in tuple(self._stats_hooks.values()):
-            hook("forward", result.stats)
-        failed = result.stats.status >= int(SolverStatus.DIVERGED)
-        if bool(failed.any()):  # one host synchronisation per forward, not per iteration
-            warnings.warn(
-                f"DEQ: the forward solve diverged or produced NaN/Inf for {int(failed.sum())} of "
-                f"{failed.numel()} samples (status {result.stats.status_names()}); their best finite "
-                "iterate is returned. Lower the stepsize or make the denoiser more contractive.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        if torch.is_grad_enabled():
-            x = self.backward(fmap, result.x)
-        else:
-            x = result.fx
-        if compute_metrics:
-            return x, self._metrics(result.stats, metrics)
-        return x
+    def _differentiate(self, fmap, result, physics, failed: Tensor | None) -> Tensor:
+        if not torch.is_grad_enabled():
+            return result.fx
+        z = self.backward(fmap, result.x, guard=_grad_leaves(physics), fallback=failed, on_stats=self._on_backward_stats)
+        # a sample whose map never gave a finite value returns its initial iterate (result.fx)
+        never = ~torch.isfinite(result.stats.residual)
+        return torch.where(expand_as_batch(never, z), result.fx.to(z.dtype), z)
 
     @staticmethod
     def _metrics_recorder(x_gt: Tensor | None):

@@ -106,8 +106,8 @@ def test_callable_iteration_and_trainable_params():
         ({"max_iters": 3}, "did you mean 'max_iter'"),
         ({"iteration": "ADMM"}, "iteration"),
         ({"solver": "gmres"}, "solver"),  # a linear solver, not a forward solver
-        ({"backward": "exact"}, "mode"),
-        ({"backward": "jfb", "backward_tol": 1e-3}, "only apply to mode='implicit'"),
+        ({"backward": "exact"}, "backward"),
+        ({"backward": "jfb", "backward_tol": -1e-3}, "tol"),  # validated even where unused
         ({"backward": ImplicitBackward(), "backward_max_iter": 3}, "ImplicitBackward instance"),
         ({"solver_options": {"history_sise": 2}}, "did you mean 'history_size'"),
         ({"solver": "fixed_point", "solver_options": {"history_size": 2}}, "history_size"),
@@ -217,6 +217,6 @@ def test_solver_instance_rejects_separate_budget():
 def test_diverging_forward_solve_warns():
     physics, x, y = inpainting("cpu")
     model = DEQ(iteration=lambda x, y, p: 1.5 * x + 1.0, solver="fixed_point", max_iter=200)
-    with pytest.warns(RuntimeWarning, match="diverged or produced NaN"):
+    with pytest.warns(RuntimeWarning, match="forward solve did not converge.*DIVERGED"):
         with torch.no_grad():
             model(y, physics)

@@ -21,22 +21,64 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .._autodiff import batch_norm, expand_as_batch
 from .._validation import check_float, check_int, reject_unknown
 
 
 class SolverStatus(IntEnum):
-    r"""Outcome of a solve, per sample.
+    r"""Outcome of a solve, per sample; each code carries its :attr:`message` and :attr:`advice`.
 
     - ``CONVERGED``: the residual fell below the tolerance;
     - ``MAX_ITER``: the iteration budget ran out first;
-    - ``DIVERGED``: the residual grew far above its best value (the map is not contractive there);
+    - ``DIVERGED``: the residual grew far above its best value (the map is not contractive there),
+      or, for a linear solve, the returned iterate is no better than zero;
     - ``NONFINITE``: the map produced NaN or Inf; the sample was frozen at its best finite iterate.
+
+    :Examples:
+
+    Every failure code says what happened and what to try:
+
+    >>> from deepinv_deq.solvers import SolverStatus
+    >>> SolverStatus.MAX_ITER.message
+    'the iteration budget ran out before the tolerance was met'
+    >>> SolverStatus(0).name
+    'CONVERGED'
     """
 
     CONVERGED = 0
     MAX_ITER = 1
     DIVERGED = 2
     NONFINITE = 3
+
+    @property
+    def message(self) -> str:
+        r"""What this status means, in words."""
+        return _MESSAGES[self]
+
+    @property
+    def advice(self) -> str:
+        r"""What to try when a solve ends with this status (empty for ``CONVERGED``)."""
+        return _ADVICE[self]
+
+
+_MESSAGES = {
+    SolverStatus.CONVERGED: "the residual fell below the tolerance",
+    SolverStatus.MAX_ITER: "the iteration budget ran out before the tolerance was met",
+    SolverStatus.DIVERGED: "the residual diverged (for a linear solve: it is no smaller than that of u = 0)",
+    SolverStatus.NONFINITE: "the map or the right-hand side produced NaN or Inf",
+}
+_ADVICE = {
+    SolverStatus.CONVERGED: "",
+    SolverStatus.MAX_ITER: (
+        "Increase max_iter, loosen tol (under autocast, float16/bfloat16 maps cannot reach a "
+        "relative residual much below 1e-2), or make the map more contractive."
+    ),
+    SolverStatus.DIVERGED: (
+        "Lower the stepsize or make the denoiser more contractive (e.g. ContractiveDenoiser, "
+        "spectral normalisation); on_failure='jfb' keeps training on a usable gradient."
+    ),
+    SolverStatus.NONFINITE: "Check the inputs and the map for NaN/Inf, or lower the stepsize.",
+}
 
 
 @dataclass
@@ -105,14 +147,6 @@ class SolverResult:
     x: Tensor
     fx: Tensor
     stats: SolverStats
-
-
-def _per_sample_norm(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
-
-
-def _expand(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 class FixedPointSolver(torch.nn.Module):
@@ -205,8 +239,8 @@ class FixedPointSolver(torch.nn.Module):
                 )
             fx = fx.to(x.dtype)
             with torch.autocast(device_type=dev.type, enabled=False):
-                diff_norm = _per_sample_norm(fx - x).to(best_rel.dtype)
-                rel = diff_norm / (_per_sample_norm(x).to(best_rel.dtype) + eps)
+                diff_norm = batch_norm(fx - x).to(best_rel.dtype)
+                rel = diff_norm / (batch_norm(x).to(best_rel.dtype) + eps)
                 absr = diff_norm / n_entries**0.5
                 finite = torch.isfinite(rel)
                 nonfinite = nonfinite | ~finite
@@ -220,7 +254,7 @@ class FixedPointSolver(torch.nn.Module):
                 improved = finite & ~frozen & ((smaller & (meets | ~converged)) | (meets & ~converged))
                 best_rel = torch.where(improved, rel, best_rel)
                 best_abs = torch.where(improved, absr, best_abs)
-                m = _expand(improved, x)
+                m = expand_as_batch(improved, x)
                 best_x = torch.where(m, x, best_x)
                 best_fx = torch.where(m, fx, best_fx)
                 converged = converged | meets
@@ -234,7 +268,7 @@ class FixedPointSolver(torch.nn.Module):
                     break
                 x_next = self._next(state, k, x, fx)
                 frozen = nonfinite | diverged
-                x = torch.where(_expand(frozen, x), best_x, x_next)
+                x = torch.where(expand_as_batch(frozen, x), best_x, x_next)
 
         status = torch.full((B,), int(SolverStatus.MAX_ITER), dtype=torch.int64, device=dev)
         status = torch.where(diverged, int(SolverStatus.DIVERGED), status)
@@ -242,7 +276,7 @@ class FixedPointSolver(torch.nn.Module):
         status = torch.where(converged, int(SolverStatus.CONVERGED), status)
         # a sample that never produced a finite image keeps x0 as its iterate
         never = ~torch.isfinite(best_rel)
-        best_fx = torch.where(_expand(never, x0), x0, best_fx)
+        best_fx = torch.where(expand_as_batch(never, x0), x0, best_fx)
         stats = SolverStats(
             nfe=nfe,
             residual=best_rel,
@@ -254,11 +288,25 @@ class FixedPointSolver(torch.nn.Module):
         )
         return SolverResult(x=best_x, fx=best_fx, stats=stats)
 
+    def solve(
+        self, matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None
+    ) -> SolverResult:
+        r"""Solve the linear system :math:`M u = b` as the fixed point of :math:`u \mapsto u - M u + b`.
+
+        The linear-solve interface shared with :class:`deepinv_deq.solvers.GMRES`. For the adjoint
+        system of implicit differentiation, :math:`M = I - J^\top`, the map is
+        :math:`u \mapsto J^\top u + b` (a Neumann series, accelerated by Anderson); it converges
+        when the spectral radius of :math:`J` is below one.
+
+        :param Callable matvec: :math:`u \mapsto M u`, applied to the whole batch.
+        :param torch.Tensor b: right-hand side, shape ``(B, ...)``.
+        :param torch.Tensor x0: initial guess. Default: ``b``.
+        :return: (:class:`SolverResult`) ``x`` is the solution (the image of the best iterate);
+            ``stats.abs_residual`` is :math:`\|b - M u\|/\sqrt{n}` at the best iterate.
+        """
+        result = self(lambda u: u - matvec(u) + b, b if x0 is None else x0)
+        return SolverResult(x=result.fx, fx=result.fx, stats=result.stats)
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._options)
 
-
-def validated_options(cls, owner: str, options: dict) -> dict:
-    r"""Check that ``options`` only names constructor options of solver class ``cls``."""
-    reject_unknown(owner, options, cls._options)
-    return options

@@ -15,18 +15,16 @@ import torch
 from torch import Tensor
 
 from .._validation import check_float, check_int, reject_unknown
-from .base import SolverResult, SolverStats, SolverStatus, _per_sample_norm
+from .._autodiff import batch_norm
+from .base import SolverResult, SolverStats, SolverStatus
 
 
-def _linear_result(solver, u: Tensor, res: Tensor, bnorm: Tensor, nmv: int, trace) -> SolverResult:
+def _linear_result(solver, u: Tensor, res: Tensor, bnorm: Tensor, nmv: int, trace, bad: Tensor) -> SolverResult:
     # statistics of a linear solve M u = b from the final true residual norms ||b - M u||
     rel = res / torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
-    finite = torch.isfinite(rel) & torch.isfinite(u.reshape(u.shape[0], -1)).all(dim=1)
-    status = torch.where(
-        finite,
-        torch.where(rel <= solver.tol, int(SolverStatus.CONVERGED), int(SolverStatus.MAX_ITER)),
-        int(SolverStatus.NONFINITE),
-    ).to(torch.int64)
+    bad = bad | ~torch.isfinite(rel) | ~torch.isfinite(u.reshape(u.shape[0], -1)).all(dim=1)
+    status = torch.where(rel <= solver.tol, int(SolverStatus.CONVERGED), int(SolverStatus.MAX_ITER))
+    status = torch.where(bad, int(SolverStatus.NONFINITE), status).to(torch.int64)
     stats = SolverStats(
         nfe=nmv,
         residual=rel,
@@ -38,33 +36,50 @@ def _linear_result(solver, u: Tensor, res: Tensor, bnorm: Tensor, nmv: int, trac
     return SolverResult(x=u, fx=u, stats=stats)
 
 
+def _safe_div(a: Tensor, d: Tensor, tiny: Tensor) -> Tensor:
+    # a / d where |d| > tiny, 0 elsewhere (a rank-deficient Krylov step contributes nothing)
+    ok = d.abs() > tiny
+    return torch.where(ok, a / torch.where(ok, d, torch.ones_like(d)), torch.zeros_like(a))
+
+
 class GMRES(torch.nn.Module):
     r"""Restarted GMRES for the non-symmetric linear system :math:`M u = b` (batched, per sample).
 
     At each restart cycle an orthonormal Krylov basis :math:`V_j` of
     :math:`\{r, Mr, \dots, M^{j-1} r\}` is built by modified Gram–Schmidt, and the small
-    least-squares problem :math:`\min_z \|\beta e_1 - \bar H_j z\|` gives the iterate minimising
-    the residual over that space, so the residual never increases. All breakdown tests are relative
-    to each sample's :math:`\|b\|`, so the solver reaches any tolerance down to rounding, in float32
-    as in float64.
+    least-squares problem :math:`\min_z \|\beta e_1 - \bar H_j z\|` is solved as in textbook
+    GMRES :footcite:p:`saad1986gmres`: Givens rotations reduce the Hessenberg matrix
+    :math:`\bar H_j` to a triangular one as it grows, the residual norm of the iterate is read
+    off the rotated right-hand side without a product, and the triangular system is solved by
+    back-substitution. A vanishing pivot (a Krylov space that stops growing, a zero right-hand
+    side) contributes a zero coefficient instead of a division by zero, and a sample whose
+    products turn NaN or Inf keeps its last finite iterate and is marked ``NONFINITE``: the other
+    samples of the batch are not affected. All breakdown tests are relative to each sample's
+    :math:`\|b\|`, so the solver reaches any tolerance down to rounding, in float32 as in float64.
     One product with :math:`M` per iteration.
 
     :param int max_iter: maximum number of products with :math:`M` (the true residual checks
-        included). The solver synchronises with the host once per product (its convergence test).
+        included). The solver synchronises with the host once per product (its convergence
+        test). Default: ``50``.
     :param float tol: relative residual tolerance :math:`\|b - Mu\| \le \text{tol}\,\|b\|`.
-    :param int restart: Krylov dimension before a restart.
+        Default: ``1e-5``.
+    :param int restart: Krylov dimension before a restart. Default: ``20``.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    Solve a small non-symmetric system for a batch of three right-hand sides:
 
     >>> import torch
     >>> from deepinv_deq.solvers import GMRES
     >>> M = torch.tensor([[2.0, 1.0], [0.0, 3.0]], dtype=torch.float64)
     >>> b = torch.ones(3, 2, dtype=torch.float64)
-    >>> result = GMRES(max_iter=20, tol=1e-12).solve_linear(lambda u: u @ M.T, b)
+    >>> result = GMRES(max_iter=20, tol=1e-12).solve(lambda u: u @ M.T, b)
     >>> torch.allclose(result.x @ M.T, b, atol=1e-10), result.stats.status_names()
     (True, ['CONVERGED', 'CONVERGED', 'CONVERGED'])
+
+    .. footbibliography::
     """
 
     name = "gmres"
@@ -79,57 +94,90 @@ class GMRES(torch.nn.Module):
         self.restart = check_int(owner, "restart", restart, 1)
 
     @torch.no_grad()
-    def solve_linear(
+    def solve(
         self, matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None
     ) -> SolverResult:
         r"""Solve :math:`M u = b`.
 
         :param Callable matvec: :math:`u \mapsto M u`, applied to the whole batch.
         :param torch.Tensor b: right-hand side, shape ``(B, ...)``.
-        :param torch.Tensor x0: initial guess (default zero).
+        :param torch.Tensor x0: initial guess. Default: zero.
         :return: (:class:`SolverResult`) with ``x`` the solution and ``fx`` equal to ``x``.
         """
         shape, B = b.shape, b.shape[0]
         cdtype = torch.promote_types(b.dtype, torch.float32)
         mv = lambda v: matvec(v.reshape(shape).to(b.dtype)).reshape(B, -1).to(cdtype)
         bf = b.reshape(B, -1).to(cdtype)
-        bnorm = torch.linalg.vector_norm(bf, dim=1)
+        bnorm = batch_norm(bf)
+        bad = ~torch.isfinite(bnorm)
+        bf = torch.where(bad[:, None], torch.zeros_like(bf), bf)
+        bnorm = torch.where(bad, torch.zeros_like(bnorm), bnorm)
         target = self.tol * bnorm
         tiny = torch.finfo(cdtype).eps * bnorm  # relative breakdown threshold
         x = torch.zeros_like(bf) if x0 is None else x0.reshape(B, -1).to(cdtype)
+        x = torch.where(bad[:, None], torch.zeros_like(x), x)
         nmv, trace = 0, []
         r = bf - mv(x) if x0 is not None else bf.clone()
         nmv += x0 is not None
-        res = torch.linalg.vector_norm(r, dim=1)
+        res = batch_norm(r)
+        bad = bad | ~torch.isfinite(res)
         # max_iter bounds every product with M, the initial and final true residuals included
-        while nmv + 1 < self.max_iter and not bool((res <= target).all()):
-            beta = res
-            V = [r / torch.where(beta > tiny, beta, torch.ones_like(beta))[:, None]]
-            H = torch.zeros(B, self.restart + 1, self.restart, dtype=cdtype, device=b.device)
-            e1 = torch.zeros(B, self.restart + 1, 1, dtype=cdtype, device=b.device)
-            e1[:, 0, 0] = beta
-            z = None
-            for j in range(self.restart):
-                w = mv(V[j])
-                nmv += 1
-                for i in range(j + 1):
-                    h = (w * V[i]).sum(dim=1)
-                    H[:, i, j] = h
-                    w = w - h[:, None] * V[i]
-                hn = torch.linalg.vector_norm(w, dim=1)
-                H[:, j + 1, j] = hn
-                V.append(w / torch.where(hn > tiny, hn, torch.ones_like(hn))[:, None] * (hn > tiny)[:, None])
-                Hj = H[:, : j + 2, : j + 1]
-                z = torch.linalg.lstsq(Hj, e1[:, : j + 2]).solution  # (B, j+1, 1)
-                res = torch.linalg.vector_norm(e1[:, : j + 2] - Hj @ z, dim=(1, 2))
-                trace.append(res / torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm)))
-                if nmv + 1 >= self.max_iter or bool((res <= target).all()):
-                    break
-            x = x + (torch.stack(V[: z.shape[1]], dim=2) @ z).squeeze(2)
-            r = bf - mv(x)
+        while nmv + 1 < self.max_iter and not bool(((res <= target) | bad).all()):
+            x, r, res, bad, nmv = self._cycle(mv, x, r, res, bad, bf, bnorm, target, tiny, nmv, trace)
+        return _linear_result(self, x.reshape(shape).to(b.dtype), res, bnorm, nmv, trace, bad)
+
+    solve_linear = solve  # the name used before the shared linear-solve interface
+
+    def _cycle(self, mv, x, r, res, bad, bf, bnorm, target, tiny, nmv, trace):
+        # one restart cycle: Arnoldi with Givens rotations, then the update of x and its true residual
+        B, m = x.shape[0], self.restart
+        r = torch.where(bad[:, None], torch.zeros_like(r), r)
+        beta = torch.where(bad, torch.zeros_like(res), res)
+        V = [_safe_div(r, beta[:, None], tiny[:, None])]
+        R = torch.zeros(B, m, m, dtype=x.dtype, device=x.device)  # rotated Hessenberg, triangular
+        g = torch.zeros(B, m + 1, dtype=x.dtype, device=x.device)  # rotated beta * e1
+        g[:, 0] = beta
+        cs, sn = [], []
+        for j in range(m):
+            w = mv(V[j])
             nmv += 1
-            res = torch.linalg.vector_norm(r, dim=1)
-        return _linear_result(self, x.reshape(shape).to(b.dtype), res, bnorm, nmv, trace)
+            w = torch.where(bad[:, None], torch.zeros_like(w), w)
+            h = []
+            for i in range(j + 1):
+                hi = (w * V[i]).sum(dim=1)
+                h.append(hi)
+                w = w - hi[:, None] * V[i]
+            hn = batch_norm(w)
+            V.append(_safe_div(w, hn[:, None], tiny[:, None]))
+            for i in range(j):  # the previous rotations, applied to the new column
+                h[i], h[i + 1] = cs[i] * h[i] + sn[i] * h[i + 1], -sn[i] * h[i] + cs[i] * h[i + 1]
+            d = torch.hypot(h[j], hn)
+            cs.append(torch.where(d > 0, h[j] / torch.where(d > 0, d, torch.ones_like(d)), torch.ones_like(d)))
+            sn.append(torch.where(d > 0, hn / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(d)))
+            h[j] = d
+            R[:, : j + 1, j] = torch.stack(h, dim=1)
+            g[:, j + 1] = -sn[j] * g[:, j]
+            g[:, j] = cs[j] * g[:, j]
+            est = g[:, j + 1].abs()
+            bad = bad | ~torch.isfinite(est)
+            trace.append(est / torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm)))
+            if nmv + 1 >= self.max_iter or bool(((est <= target) | bad).all()):
+                break
+        k = j + 1
+        z = torch.zeros(B, k, dtype=x.dtype, device=x.device)
+        for i in reversed(range(k)):  # back-substitution in the triangular system R z = g
+            acc = g[:, i] - (R[:, i, i + 1 : k] * z[:, i + 1 : k]).sum(dim=1)
+            z[:, i] = _safe_div(acc, R[:, i, i], tiny)
+        x_new = x + (torch.stack(V[:k], dim=2) @ z[:, :, None]).squeeze(2)
+        r_new = bf - mv(x_new)
+        nmv += 1
+        res_new = batch_norm(r_new)
+        ok = ~bad & torch.isfinite(res_new) & torch.isfinite(x_new).all(dim=1)
+        # a sample whose products turned non-finite keeps its last finite iterate
+        x = torch.where(ok[:, None], x_new, x)
+        r = torch.where(ok[:, None], r_new, r)
+        res = torch.where(ok, res_new, res)
+        return x, r, res, bad | ~ok, nmv
 
     def extra_repr(self) -> str:
         return f"max_iter={self.max_iter}, tol={self.tol}, restart={self.restart}"
