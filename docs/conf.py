@@ -214,7 +214,7 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"index": [], "user_guide": [], "api": []}
+html_sidebars = {"index": [], "user_guide": [], "api": [], "results": []}
 
 # -- doctest -----------------------------------------------------------------------------------------
 doctest_global_setup = "import torch\ntorch.manual_seed(0)"
