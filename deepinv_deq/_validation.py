@@ -10,8 +10,12 @@ import difflib
 import math
 from collections.abc import Iterable, Mapping
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+# torch is imported inside the tensor checks only: the option checks of this module serve the
+# experiments' configuration too, which `deepinv-deq --help` reads without importing torch.
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def reject_unknown(owner: str, options: Mapping, valid: Iterable[str]) -> None:
@@ -166,6 +170,9 @@ def check_measurements(owner: str, y, init, ref) -> None:
     r"""Check the measurements ``y`` (a tensor or a TensorList) and the optional initial iterate
     against the floating-point tensor ``ref`` of the model (device, dtype), and that both are
     finite (one host synchronisation)."""
+    import torch
+    from torch import Tensor
+
     parts = tensor_parts(y)
     for part in parts:
         if not isinstance(part, Tensor):
@@ -234,6 +241,8 @@ def explain_map_error(owner: str, error: Exception, x: Tensor, y, physics, init)
     A shape mismatch that can be proven (``A^T y`` fails, ``init`` does not have the shape of
     ``A^T y``, or ``A(A^T y)`` does not have the shape of ``y``) becomes a :class:`ValueError`
     naming it; any other error keeps its type and gains the shapes involved in its message."""
+    import torch
+
     try:
         with torch.no_grad():
             image = physics.A_adjoint(y)
