@@ -33,9 +33,8 @@ def reject_unknown(owner: str, options: Mapping, valid: Iterable[str]) -> None:
     for name in unknown:
         close = difflib.get_close_matches(name, valid, n=1)
         hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-    raise ValueError(
-        f"{owner} got unknown option(s) {', '.join(hints)}; valid options are: {', '.join(valid)}."
-    )
+    accepted = f"valid options are: {', '.join(valid)}" if valid else "it takes no options"
+    raise ValueError(f"{owner} got unknown option(s) {', '.join(hints)}; {accepted}.")
 
 
 def check_int(owner: str, name: str, value, minimum: int = 1) -> int:
@@ -67,6 +66,11 @@ def check_float(
             f"{owner}: '{name}' must lie in {lo}{minimum}, {maximum}], got {value!r}."
         )
     return v
+
+
+def check_budget(owner: str, max_iter, tol) -> tuple[int, float]:
+    r"""Check an iteration budget (an integer ``>= 1``) and a tolerance (a number ``>= 0``)."""
+    return check_int(owner, "max_iter", max_iter, 1), check_float(owner, "tol", tol, 0.0)
 
 
 def check_choice(owner: str, name: str, value, choices: Iterable[str]) -> str:

@@ -47,15 +47,18 @@ class BackwardStrategy(torch.nn.Module):
 
     :Examples:
 
-    JFB differentiates the last evaluation of the map only:
+    A new strategy is one class; this one differentiates two plain iterations from the fixed point:
 
     >>> import torch
-    >>> from deepinv_deq.backward import JFB
+    >>> from deepinv_deq.backward import BackwardStrategy
+    >>> class TwoSteps(BackwardStrategy):
+    ...     name = "two_steps"
+    ...     def differentiate(self, f, x_star, guard=(), fallback=None, on_stats=None):
+    ...         return f(f(x_star))
     >>> theta = torch.tensor(0.5, requires_grad=True)
-    >>> z = JFB()(lambda x: theta * x + 1.0, torch.full((1, 1), 2.0))
-    >>> z.sum().backward()
-    >>> theta.grad  # dz/dtheta = x* = 2, not the implicit 4
-    tensor(2.)
+    >>> TwoSteps()(lambda x: theta * x + 1.0, torch.full((1, 1), 2.0)).sum().backward()
+    >>> theta.grad  # x* + theta x* = 3
+    tensor(3.)
     """
 
     #: the name of the strategy in :data:`BACKWARDS`
@@ -124,10 +127,15 @@ class JFB(BackwardStrategy):
 
     :Examples:
 
+    The JFB gradient of the fixed point of :math:`f(x) = \theta x + 1` is :math:`x^\star = 2`,
+    half the implicit one:
+
     >>> import torch
     >>> from deepinv_deq.backward import JFB
-    >>> JFB()
-    JFB()
+    >>> theta = torch.tensor(0.5, requires_grad=True)
+    >>> JFB()(lambda x: theta * x + 1.0, torch.full((1, 1), 2.0)).sum().backward()
+    >>> theta.grad
+    tensor(2.)
 
     .. footbibliography::
     """
@@ -327,7 +335,7 @@ class ImplicitDifferentiation(BackwardStrategy):
         return dataclasses.replace(stats, status=status)
 
     def extra_repr(self) -> str:
-        return f"solver={self.solver!r}, on_failure={self.on_failure!r}"
+        return f"on_failure={self.on_failure!r}"
 
 
 #: backward strategies by name, as accepted by ``DEQ(backward=...)``

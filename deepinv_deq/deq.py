@@ -108,8 +108,8 @@ class DEQ(Reconstructor):
     :param str, Callable init: initial iterate when none is passed: ``"adjoint"`` (:math:`A^\top y`,
         as deepinv's optimisers), ``"pseudo_inverse"`` (:math:`A^\dagger y`) or a callable
         ``init(y, physics)``. Default: ``"adjoint"``.
-    :param str on_failure: ``"warn"``, ``"jfb"`` or ``"raise"``, see above. Default: ``"warn"``,
-        or the policy of a backward instance.
+    :param str on_failure: ``"warn"``, ``"jfb"`` or ``"raise"``, see above. Default: ``"warn"``
+        (with a backward instance: the instance's policy).
     :param dict solver_options: further options of the forward solver (e.g. ``history_size``).
     :param dict backward_options: further options of the backward strategy (e.g.
         ``phantom_steps``, or ``history_size`` of its linear solver).
@@ -159,7 +159,7 @@ class DEQ(Reconstructor):
         lambda_reg: float = default(1.0),
         trainable_params=(),
         init="adjoint",
-        on_failure: str | None = None,
+        on_failure: str = default("warn"),
         solver_options: dict | None = None,
         backward_options: dict | None = None,
         device=None,
@@ -200,21 +200,21 @@ class DEQ(Reconstructor):
                     "strategy instance); set them on the instance."
                 )
             own = getattr(backward, "on_failure", None)
-            if on_failure is not None and own is not None and on_failure != own:
+            if is_given(on_failure) and own is not None and on_failure != own:
                 raise ValueError(
                     f"DEQ: on_failure={on_failure!r} differs from the backward instance's "
                     f"on_failure={own!r}; set one policy."
                 )
-            policy = on_failure or own or "warn"
+            policy = on_failure if is_given(on_failure) or own is None else own
             return check_choice("DEQ", "on_failure", policy, POLICIES), backward
         for name, value in linear.items():
             if is_given(value) and name in options:
                 raise ValueError(f"DEQ: '{name}' given twice (backward_{name} and backward_options).")
             options.setdefault(name, value)
         own = options.pop("on_failure", None)
-        if on_failure is not None and own is not None and on_failure != own:
+        if is_given(on_failure) and own is not None and on_failure != own:
             raise ValueError(f"DEQ: on_failure={on_failure!r} differs from backward_options' {own!r}.")
-        policy = check_choice("DEQ", "on_failure", on_failure or own or "warn", POLICIES)
+        policy = check_choice("DEQ", "on_failure", on_failure if is_given(on_failure) or own is None else own, POLICIES)
         name = check_choice("DEQ", "backward", backward, BACKWARDS)
         options = {_BACKWARD_ALIASES.get(k, k): v for k, v in options.items()}
         if name == "implicit":

@@ -48,15 +48,27 @@ _warned: set[str] = set()
 
 
 class PluginNameConflictWarning(UserWarning):
-    """deepinv already defines a name that deepinv-deq would register."""
+    """deepinv already defines a name that deepinv-deq would register.
+
+    :Examples:
+
+    It is a :class:`UserWarning`, so the usual filters apply:
+
+    >>> from deepinv_deq.plugin import PluginNameConflictWarning
+    >>> issubclass(PluginNameConflictWarning, UserWarning)
+    True
+    """
 
 
 def registered_names() -> list[tuple[str, str]]:
     """Return the registration table as a list of ``(namespace, name)`` pairs.
 
-    Example: ``("deepinv.models", "DEQ")`` means ``deepinv.models.DEQ`` is
-    ``deepinv_deq.DEQ`` once the package is imported.
+    ``("deepinv.models", "DEQ")`` means ``deepinv.models.DEQ`` is ``deepinv_deq.DEQ`` once the
+    package is imported.
 
+    :Examples:
+
+    >>> from deepinv_deq.plugin import registered_names
     >>> ("deepinv.models", "DEQ") in registered_names()
     True
     """
@@ -76,6 +88,15 @@ def register() -> dict[str, str]:
     happened to it: ``"registered"`` (set now), ``"present"`` (already ours),
     ``"conflict"`` (deepinv defines its own object, left in place) or
     ``"missing"`` (``deepinv_deq`` does not provide the name).
+
+    :Examples:
+
+    Registering again changes nothing:
+
+    >>> import deepinv, deepinv_deq
+    >>> from deepinv_deq.plugin import register
+    >>> register()["deepinv.models.DEQ"], deepinv.models.DEQ is deepinv_deq.DEQ
+    ('present', True)
     """
     package = sys.modules.get(_PACKAGE)
     if package is None:  # called directly, e.g. through the entry point

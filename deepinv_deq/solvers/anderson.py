@@ -10,7 +10,7 @@ from .base import FixedPointSolver
 
 
 class AndersonAcceleration(FixedPointSolver):
-    r"""Anderson acceleration of the fixed-point iteration :math:`x = f(x)`.
+    r"""Anderson acceleration :footcite:p:`walker2011anderson` of the fixed-point iteration :math:`x = f(x)`.
 
     With :math:`g_i = f(x_i) - x_i` the residuals of the last :math:`m` iterates, each step solves
     the small constrained least-squares problem
@@ -29,18 +29,23 @@ class AndersonAcceleration(FixedPointSolver):
     non-finite system falls back, for that sample only, to the damped step
     :math:`x_k + \beta g_k`, so the solver never crashes on a degenerate history.
 
-    :param int max_iter: maximum number of evaluations of :math:`f`.
-    :param float tol: relative residual tolerance.
-    :param float atol: absolute residual tolerance (RMS of :math:`f(x)-x`), ``0`` to disable.
-    :param int history_size: :math:`m`, number of past iterates mixed.
-    :param float ridge: relative ridge regularisation :math:`\lambda`.
+    The budget and tolerances are those of :class:`FixedPointSolver`.
+
+    :param int max_iter: maximum number of evaluations of :math:`f`. Default: ``50``.
+    :param float tol: relative residual tolerance. Default: ``1e-4``.
+    :param float atol: absolute residual tolerance (``0`` disables it). Default: ``0``.
+    :param int history_size: :math:`m`, number of past iterates mixed. Default: ``5``.
+    :param float ridge: relative ridge regularisation :math:`\lambda`. Default: ``1e-4``.
     :param float mixing: :math:`\beta \in (0, 1]`, weight of :math:`f(x_i)` against :math:`x_i`.
-    :param float divergence_ratio: flag a sample as diverged when its residual exceeds this
-        multiple of its best residual.
+        Default: ``1.0``.
+    :param float divergence_ratio: divergence threshold, as in :class:`FixedPointSolver`.
+        Default: ``1e4``.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    An affine contraction in two dimensions, solved in a few iterations:
 
     >>> import torch
     >>> from deepinv_deq.solvers import AndersonAcceleration
@@ -52,6 +57,8 @@ class AndersonAcceleration(FixedPointSolver):
     True
     >>> bool(result.stats.nfe < 20)
     True
+
+    .. footbibliography::
     """
 
     name = "anderson"

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .._autodiff import batch_norm, expand_as_batch
-from .._validation import check_float, check_int, reject_unknown
+from .._validation import check_budget, check_float, reject_unknown
 
 
 class SolverStatus(IntEnum):
@@ -91,7 +91,18 @@ class SolverStats:
         returned iterate, shape ``(B,)``.
     :param torch.Tensor trace: relative residual at every iteration, shape ``(nfe, B)``.
     :param torch.Tensor status: :class:`SolverStatus` code per sample, shape ``(B,)``.
-    :param str solver: name of the solver that produced these statistics.
+    :param str solver: name of the solver that produced these statistics. Default: ``""``.
+    :param dict extra: solver-specific statistics (e.g. Anderson's ``fallbacks``). Default: empty.
+
+    :Examples:
+
+    Every solve returns its statistics; the summary is plain Python, for logging:
+
+    >>> import torch
+    >>> from deepinv_deq.solvers import FixedPointIteration
+    >>> stats = FixedPointIteration(tol=1e-6)(lambda x: 0.5 * x + 1.0, torch.zeros(2, 1)).stats
+    >>> stats.all_converged, stats.solver, stats.summary()["batch"]
+    (True, 'fixed_point', 2)
     """
 
     nfe: int
@@ -142,6 +153,16 @@ class SolverResult:
     :param torch.Tensor x: best iterate per sample, :math:`x_k`.
     :param torch.Tensor fx: the map evaluated at that iterate, :math:`f(x_k)` (free: already computed).
     :param SolverStats stats: statistics of the solve.
+
+    :Examples:
+
+    The best iterate, its image and the statistics of a solve:
+
+    >>> import torch
+    >>> from deepinv_deq.solvers import AndersonAcceleration
+    >>> result = AndersonAcceleration(tol=1e-8)(lambda x: 0.5 * x + 1.0, torch.zeros(1, 2))
+    >>> torch.allclose(result.fx, torch.full((1, 2), 2.0)), result.stats.status_names()
+    (True, ['CONVERGED'])
     """
 
     x: Tensor
@@ -157,12 +178,28 @@ class FixedPointSolver(torch.nn.Module):
     stops when every sample is done and fills :class:`SolverStats`. The loop makes one host
     synchronisation per iteration (the "are all samples done?" check).
 
-    :param int max_iter: maximum number of evaluations of :math:`f`.
-    :param float tol: relative residual tolerance :math:`r_k \le` ``tol``.
+    Every forward solver is also a linear solver (:meth:`solve`), as the fixed point of
+    :math:`u \mapsto u - Mu + b`.
+
+    :param int max_iter: maximum number of evaluations of :math:`f`. Default: ``50``.
+    :param float tol: relative residual tolerance :math:`r_k \le` ``tol``. Default: ``1e-4``.
     :param float atol: absolute residual tolerance (root-mean-square of :math:`f(x_k)-x_k`);
-        ``0`` disables it. A sample converges when either tolerance is met.
+        ``0`` disables it. A sample converges when either tolerance is met. Default: ``0``.
     :param float divergence_ratio: a sample whose absolute residual exceeds ``divergence_ratio``
         times its smallest one is flagged ``DIVERGED`` and frozen at its best iterate.
+        Default: ``1e4``.
+
+    :Examples:
+
+    A subclass implements one step; here a plain Picard iteration:
+
+    >>> import torch
+    >>> from deepinv_deq.solvers import FixedPointSolver
+    >>> class Picard(FixedPointSolver):
+    ...     def _next(self, state, k, x, fx):
+    ...         return fx
+    >>> Picard(tol=1e-6)(lambda x: 0.5 * x + 1.0, torch.zeros(1, 1)).stats.status_names()
+    ['CONVERGED']
     """
 
     name = "base"
@@ -179,8 +216,7 @@ class FixedPointSolver(torch.nn.Module):
         super().__init__()
         owner = type(self).__name__
         reject_unknown(owner, unknown, self._options)
-        self.max_iter = check_int(owner, "max_iter", max_iter, 1)
-        self.tol = check_float(owner, "tol", tol, 0.0)
+        self.max_iter, self.tol = check_budget(owner, max_iter, tol)
         self.atol = check_float(owner, "atol", atol, 0.0)
         self.divergence_ratio = check_float(owner, "divergence_ratio", divergence_ratio, 1.0, strict_min=True)
 

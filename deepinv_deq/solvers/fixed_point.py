@@ -18,16 +18,17 @@ class FixedPointIteration(FixedPointSolver):
     with damping :math:`\beta \in (0, 1]` (:math:`\beta = 1` is plain Picard iteration). It converges
     linearly for a contractive :math:`f`; damping helps averaged (non-expansive) maps.
 
-    :param int max_iter: maximum number of evaluations of :math:`f`.
-    :param float tol: relative residual tolerance.
-    :param float atol: absolute residual tolerance (RMS of :math:`f(x)-x`), ``0`` to disable.
-    :param float damping: :math:`\beta`.
-    :param float divergence_ratio: flag a sample as diverged when its residual exceeds this
-        multiple of its best residual.
+    :param int max_iter: maximum number of evaluations of :math:`f`. Default: ``50``.
+    :param float tol: relative residual tolerance. Default: ``1e-4``.
+    :param float atol: absolute residual tolerance, ``0`` to disable. Default: ``0``.
+    :param float damping: :math:`\beta`. Default: ``1.0``.
+    :param float divergence_ratio: see :class:`FixedPointSolver`. Default: ``1e4``.
 
     |sep|
 
-    :Example:
+    :Examples:
+
+    The fixed point of :math:`x \mapsto x/2 + 1` is 2:
 
     >>> import torch
     >>> from deepinv_deq.solvers import FixedPointIteration

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .._validation import check_float, check_int, reject_unknown
+from .._validation import check_budget, check_int, reject_unknown
 from .._autodiff import batch_norm
 from .base import SolverResult, SolverStats, SolverStatus
 
@@ -87,11 +87,9 @@ class GMRES(torch.nn.Module):
 
     def __init__(self, max_iter: int = 50, tol: float = 1e-5, restart: int = 20, **unknown):
         super().__init__()
-        owner = type(self).__name__
-        reject_unknown(owner, unknown, self._options)
-        self.max_iter = check_int(owner, "max_iter", max_iter, 1)
-        self.tol = check_float(owner, "tol", tol, 0.0)
-        self.restart = check_int(owner, "restart", restart, 1)
+        reject_unknown(type(self).__name__, unknown, self._options)
+        self.max_iter, self.tol = check_budget(type(self).__name__, max_iter, tol)
+        self.restart = check_int(type(self).__name__, "restart", restart, 1)
 
     @torch.no_grad()
     def solve(
