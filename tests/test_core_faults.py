@@ -1,5 +1,9 @@
-"""Regression tests for the core faults of issue 10 (items 1-4, 6, 8-13): exact gradients and
-visible failures in every case. Each test fails on the code before the fix."""
+"""Regression tests of the core: exact gradients and visible failures in every case.
+
+Physics-parameter gradients through deepinv's least-squares prox, NaN samples in training,
+higher-order gradients, non-finite upstream gradients, GMRES's small least-squares problem, one
+failure policy for forward and backward, construction-time checks, a shared backward, deepinv's
+Reconstructor contract, a sweep over ``backward``, and the errors a new user meets."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""No leaks (issue 7, item 4): many tiny DEQ steps keep memory flat.
+"""No leaks: many tiny DEQ steps keep memory flat.
 
-A thousand forward/backward steps -- half of them never call ``backward()``, whose per-call hook
-and graph must then die with the output -- must not leave tensors, graphs or hooks behind. The
-live tensors are counted with :mod:`gc`; the cyclic garbage collector is disabled during the steps,
-so anything freed only by a collection (a reference cycle through a hook closure, say) shows up as
-growth too.
+A thousand forward/backward steps -- half of them never call ``backward()``, whose per-call adjoint
+node and graph must then die with the output -- must not leave tensors, graphs or hooks behind.
+The live tensors are counted with :mod:`gc`; the cyclic garbage collector is disabled during the
+steps, so anything freed only by a collection (a reference cycle through a closure, say) shows up
+as growth too.
 """
 
 from __future__ import annotations

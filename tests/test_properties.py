@@ -1,4 +1,4 @@
-"""Property-based tests of the forward solvers (issue 7, item 6), with hypothesis.
+"""Property-based tests of the forward solvers, with hypothesis.
 
 Random batched affine maps :math:`F_i(x) = M_i x + b_i`, one per sample, over random image
 shapes, batch sizes, dtypes (float32/float64) and tolerances. For a contraction

@@ -1,4 +1,4 @@
-"""Reliability on bad input (issue 7, item 1): clear errors or flagged statuses, never a silent NaN.
+"""Reliability on bad input: clear errors or flagged statuses, never a silent NaN.
 
 Covers measurements with NaN/Inf; measurements or initial iterates of the wrong shape, dtype or
 device; non-contractive maps (divergence) and maps producing NaN; singular Anderson systems;
