@@ -4,6 +4,18 @@ imaging, as a plugin for `deepinv <https://deepinv.github.io>`_.
 Importing this package registers :class:`DEQ` as ``deepinv.models.DEQ``,
 :class:`ImplicitBackward` as ``deepinv.optim.ImplicitBackward`` and the DEQ-aware losses under
 ``deepinv.loss``.
+
+Package map (data flows one way: experiments -> Trainer -> DEQ -> map, solver, backward -> physics;
+nothing below ``deq`` imports from ``experiments`` or ``loss``):
+
+- ``deq``: :class:`DEQ`, a deepinv Reconstructor composed of a map, a forward solver and a backward.
+- ``maps``: fixed-point maps (PGD, HQS, RED, any callable); ``denoisers``: :class:`ContractiveDenoiser`.
+- ``solvers``: fixed-point iteration, Anderson acceleration, GMRES; statuses and statistics.
+- ``backward``: implicit differentiation, JFB, phantom gradients; ``implicit``: :class:`ImplicitBackward`.
+- ``loss``: DEQ-aware EI / robust-EI losses; ``stabilisers``, ``monitor``, ``diagnostics``.
+- ``plugin``: registration into deepinv; ``data``: offline phantoms and real-data folders.
+- ``experiments``: the paper's experiments and the ``deepinv-deq`` command line.
+- private: ``_validation`` (option and input checks), ``_autodiff``, ``_report``.
 """
 
 import sys as _sys
