@@ -170,6 +170,10 @@ def setup(app):
 # -- sphinx-gallery -------------------------------------------------------------------------------
 # Every examples/demo_*.py is executed during the build; a failing example fails the build.
 warnings.filterwarnings("ignore", category=UserWarning, message="Matplotlib is currently using agg")
+# deprecation notices of torch and deepinv that the examples cannot act on (never a DEQ warning)
+warnings.filterwarnings("ignore", category=UserWarning, message="torch.meshgrid: in an upcoming release")
+warnings.filterwarnings("ignore", category=DeprecationWarning, message="The tuple format for dataset")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # docs/_gallery_order.py
 sphinx_gallery_conf = {
     "examples_dirs": ["../examples"],
     "gallery_dirs": ["auto_examples"],
@@ -180,7 +184,9 @@ sphinx_gallery_conf = {
     "plot_gallery": str(
         os.environ.get("DEEPINV_DEQ_DOCS_PLOT_GALLERY", "1").lower() not in ("0", "false", "no")
     ),
-    "within_subsection_order": "FileNameSortKey",
+    # sections from basic to advanced, then examples in the order of docs/_gallery_order.py
+    "subsection_order": ["../examples/basics", "../examples/training", "../examples/advanced"],
+    "within_subsection_order": "_gallery_order.ExampleOrder",
     "backreferences_dir": "gen_modules/backreferences",
     "doc_module": ("deepinv_deq",),
     "reference_url": {"deepinv_deq": None},
@@ -216,5 +222,5 @@ html_theme_options = {
 }
 html_sidebars = {"index": [], "user_guide": [], "api": [], "results": []}
 
-# -- doctest -----------------------------------------------------------------------------------------
+# -- doctest ---------------------------------------------------------------------------------------
 doctest_global_setup = "import torch\ntorch.manual_seed(0)"

@@ -27,7 +27,9 @@ def python_blocks(path: Path) -> list[str]:
     if path.suffix == ".md":
         return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
     blocks = []
-    for match in re.finditer(r"^( *)\.\. code-block:: python\n((?:\1 +:.*\n)*)\n", text, flags=re.M):
+    for match in re.finditer(
+        r"^( *)\.\. code-block:: python\n((?:\1 +:.*\n)*)\n", text, flags=re.M
+    ):
         lines = []
         for line in text[match.end() :].splitlines():
             if line.strip() and not line.startswith(match.group(1) + " "):

@@ -132,7 +132,7 @@ for name, model in models.items():
 # above the MC + EI one in PSNR: at this length, fitting the measurements already pays, and the EI
 # term has not yet shown its effect on the quality. Where EI does show is in the diagnostics: the
 # MC + EI model has the lower equivariance error, for the reconstructor and for its denoiser. These
-# are short runs on 32 images; the :doc:`results page <../results>` reports longer ones.
+# are short runs on 32 images; the :doc:`results page <../../results>` reports longer ones.
 
 names = [n for n in models if n != "untrained"]
 fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -20,9 +20,9 @@ TV-regularised reconstruction. It is not the :class:`deepinv_deq.ContractiveDeno
 examples because an untrained network (:math:`D = 0.9\,I` at initialisation) would give no
 reconstruction worth looking at; any deepinv denoiser, trained or not, plugs in the same way. The
 TV proximal operator is non-expansive but not a contraction, so the plain fixed-point iteration is
-slow here: a good case for Anderson acceleration. There is no backward pass (nothing to train); the
-:doc:`EI example <demo_ei_training_ct>` trains the denoiser of a DEQ end to end, from measurements
-alone.
+slow here: a good case for Anderson acceleration. There is no backward pass (nothing to train);
+the :doc:`EI example <../training/demo_ei_training_ct>` trains the denoiser of a DEQ end to end,
+from measurements alone.
 """
 
 import time
@@ -150,6 +150,8 @@ plt.show()
 # %%
 # Reconstructions
 # ---------------
+
+# sphinx_gallery_thumbnail_number = 2
 
 x_deq = results["anderson"][0]
 dinv.utils.plot(

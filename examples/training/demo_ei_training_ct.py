@@ -17,7 +17,7 @@ own fixed point and attaches its own implicit backward, so the gradient is exact
 many of them converged.
 
 The size is small (32 x 32 images, 12 views, 64 training steps) so that the example runs in about a
-minute on a CPU; the ``deepinv-deq`` command line (:doc:`../user_guide/experiments`) trains at
+minute on a CPU; the ``deepinv-deq`` command line (:doc:`../../user_guide/experiments`) trains at
 larger sizes.
 """
 
