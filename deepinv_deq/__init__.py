@@ -9,9 +9,11 @@ Package map (data flows one way: experiments -> Trainer -> DEQ -> map, solver, b
 nothing below ``deq`` imports from ``experiments`` or ``loss``):
 
 - ``deq``: :class:`DEQ`, a deepinv Reconstructor composed of a map, a forward solver and a backward.
-- ``maps``: fixed-point maps (PGD, HQS, RED, any callable); ``denoisers``: :class:`ContractiveDenoiser`.
+- ``maps``: fixed-point maps (PGD, HQS, RED, any callable).
+- ``denoisers``: :class:`ContractiveDenoiser`, a contraction at initialisation.
 - ``solvers``: fixed-point iteration, Anderson acceleration, GMRES; statuses and statistics.
-- ``backward``: implicit differentiation, JFB, phantom gradients; ``implicit``: :class:`ImplicitBackward`.
+- ``backward``: implicit differentiation, JFB, phantom gradients.
+- ``implicit``: :class:`ImplicitBackward`, the public entry point to the backward strategies.
 - ``loss``: DEQ-aware EI / robust-EI losses; ``stabilisers``, ``monitor``, ``diagnostics``.
 - ``plugin``: registration into deepinv; ``data``: offline phantoms and real-data folders.
 - ``experiments``: the paper's experiments and the ``deepinv-deq`` command line.

@@ -10,7 +10,7 @@ Every command writes into ``--out`` (default ``./deepinv_deq_results``) and resu
 are skipped, interrupted ones continue from their last checkpoint (Ctrl-C stops cleanly).
 
 This module imports neither torch nor deepinv at import time: ``--help``, ``--version`` and usage
-errors are answered before the package's heavy part is loaded (see ``launcher/_deepinv_deq_cli.py``).
+errors are answered before the package's heavy part is loaded (``launcher/_deepinv_deq_cli.py``).
 Usage errors name the option as typed, show the subcommand's usage and exit with status 2.
 """
 
@@ -271,8 +271,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "demo": sub.add_parser(
             "demo",
             help="the paper's key runs on CT at a CPU size (see the presets below)",
-            description=f"Trains and evaluates on sparse-view CT: {demo_runs}; prints the table and "
-            "writes the figures. " + _RESUME,
+            description=f"Trains and evaluates on sparse-view CT: {demo_runs}; prints the table "
+            "and writes the figures. " + _RESUME,
             usage="deepinv-deq demo [--size PRESET] [--out FOLDER] [options]",
             epilog=presets,
             formatter_class=fmt,
@@ -281,7 +281,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
             "train",
             help="train and evaluate one method on one task",
             description="Trains (unless done before) and evaluates one run. " + _RESUME,
-            usage="deepinv-deq train --task {ct,mri} --method METHOD [--regime {sup,ei,mc}] [options]",
+            usage="deepinv-deq train --task {ct,mri} --method METHOD [--regime {sup,ei,mc}] "
+            "[options]",
             epilog=presets,
             formatter_class=fmt,
         ),
@@ -365,7 +366,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
 
 def _option_message(message: str) -> str:
-    """A validation message with the option as typed: ``'img_size' must ...`` -> ``--img-size must ...``."""
+    """A validation message naming the option as typed (``'img_size'`` -> ``--img-size``)."""
     message = " ".join(str(message).split())
     message = re.sub(r"^(ExperimentConfig|run|deepinv-deq): ", "", message)
     return re.sub(r"^'(\w+)'", lambda m: "--" + m.group(1).replace("_", "-"), message)
@@ -494,9 +495,7 @@ def _runs(args, error) -> list[tuple[str, str, str]]:
     if args.command == "train":
         if args.method in FIXED:
             if args.regime is not None:
-                error(
-                    f"--regime: method '{args.method}' is not trained end to end, so it takes no regime"
-                )
+                error(f"--regime: method '{args.method}' is not trained end to end: no regime")
             return [(args.task, args.method, "none")]
         if args.regime is None:
             error(f"--regime is required for method '{args.method}' (one of {', '.join(REGIMES)})")
