@@ -78,17 +78,26 @@ def vjp_and_jvp(fx: Tensor, x: Tensor):
     """
     dummy = torch.zeros_like(fx, requires_grad=True)
     (vjp_dummy,) = torch.autograd.grad(fx, x, dummy, create_graph=True, allow_unused=True)
-    if vjp_dummy is None:
-        vjp_dummy = torch.zeros_like(x)
+    independent = vjp_dummy is None  # f does not depend on x: J = 0
 
     def vjp(u: Tensor) -> Tensor:
         (g,) = torch.autograd.grad(fx, x, u, retain_graph=True, allow_unused=True)
         return torch.zeros_like(x) if g is None else g
 
     def jvp(v: Tensor) -> Tensor:
-        if not vjp_dummy.requires_grad:
+        if independent:
             return torch.zeros_like(fx)
-        (g,) = torch.autograd.grad(vjp_dummy, dummy, v, retain_graph=True, allow_unused=True)
-        return torch.zeros_like(fx) if g is None else g
+        g = None
+        if vjp_dummy.requires_grad:
+            (g,) = torch.autograd.grad(vjp_dummy, dummy, v, retain_graph=True, allow_unused=True)
+        if g is None:
+            # J^T u does not depend on u in autograd's eyes: a once-differentiable step (e.g.
+            # deepinv's least-squares solver) cut the graph; a zero J v would be silently wrong
+            raise RuntimeError(
+                "vjp_and_jvp: the vector-Jacobian product of this function is not differentiable "
+                "(it goes through a once-differentiable operation, e.g. deepinv's least-squares "
+                "solver), so Jacobian-vector products cannot be computed from it."
+            )
+        return g
 
     return vjp, jvp

@@ -129,14 +129,27 @@ def _power_iteration(
     """
     x = x_star.detach().clone().requires_grad_()
     with torch.enable_grad():
-        fx = fmap(x, y, physics)
         if mode == "radius":  # only vector-Jacobian products: no double-backward graph
-            def vjp(u):
+            fx = fmap(x, y, physics)
+
+            def apply(u):
                 (g,) = torch.autograd.grad(fx, x, u, retain_graph=True, allow_unused=True)
                 return torch.zeros_like(x) if g is None else g
 
-            apply = vjp
+        elif hasattr(fmap, "differentiable_vjp"):
+            # the map's own differentiable VJP (exact also through once-differentiable prox steps);
+            # J v is the derivative of <J^T u, v> with respect to u
+            vjp = fmap.differentiable_vjp(x_star, y, physics)
+            dummy = torch.zeros_like(x, requires_grad=True)
+            fx = vjp(dummy)
+
+            def apply(u):
+                (jv,) = torch.autograd.grad(fx, dummy, u, retain_graph=True, allow_unused=True)
+                jv = torch.zeros_like(x) if jv is None else jv
+                return vjp(jv).detach()
+
         else:
+            fx = fmap(x, y, physics)
             vjp, jvp = vjp_and_jvp(fx, x)
 
             def apply(u):

@@ -116,3 +116,58 @@ def test_spectral_normalize_errors():
         spectral_normalize(lambda x: x)
     with pytest.raises(ValueError, match="n_power_iterations"):
         spectral_normalize(torch.nn.Linear(2, 2), n_power_iterations=0)
+
+
+def test_norm_mode_through_a_least_squares_prox_matches_the_closed_form(dtype64):
+    """HQS on Blur: the prox is deepinv's once-differentiable CG solver, so J v cannot come from
+    differentiating a VJP through it (it used to come out as 0, silently). The map's own
+    differentiable VJP gives the same ||J_F||_2 as the same operator with a closed-form prox."""
+    from deepinv_deq import ContractiveDenoiser
+
+    t = torch.arange(-2.0, 3.0)
+    g = torch.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / 2)
+    kernel = (g / g.sum()).reshape(1, 1, 5, 5)
+    cg = dinv.physics.Blur(filter=kernel, padding="circular", max_iter=100, tol=1e-8)
+    closed = dinv.physics.BlurFFT(img_size=(1, 8, 8), filter=kernel)
+    torch.manual_seed(0)
+    den = ContractiveDenoiser(depth=2, width=4)
+    torch.nn.init.normal_(den.residual[-1].weight, std=0.1)
+    model = DEQ(denoiser=den, iteration="HQS", stepsize=1.0)
+    x = torch.rand(2, 1, 8, 8)
+    y = closed(x)
+    est = {
+        name: spectral_radius(model, y, p, x_star=x, mode="norm", n_iter=20, tol=0.0,
+                              generator=torch.Generator().manual_seed(0))
+        for name, p in (("cg", cg), ("closed", closed))
+    }
+    assert (est["closed"] > 0.5).all()
+    assert torch.allclose(est["cg"], est["closed"], rtol=1e-6)  # same iterates, same estimate
+    # a plain function through the same solver: a clear error, not a zero
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        spectral_radius(lambda x_, y_, p_: model.map(x_, y_, p_), y, cg, x_star=x, mode="norm", n_iter=3)
+
+
+def test_vjp_and_jvp_refuses_a_once_differentiable_function():
+    from torch.autograd.function import once_differentiable
+
+    from deepinv_deq._autodiff import vjp_and_jvp
+
+    class Double(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return 2 * x
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, g):
+            return 2 * g
+
+    x = torch.rand(3, requires_grad=True)
+    vjp, jvp = vjp_and_jvp(Double.apply(x), x)
+    assert torch.equal(vjp(torch.ones(3)), torch.full((3,), 2.0))
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        jvp(torch.ones(3))
+    # a function that does not depend on x has J = 0
+    z = torch.rand(3, requires_grad=True)
+    _, jvp0 = vjp_and_jvp(z * 1.0, x)
+    assert torch.equal(jvp0(torch.ones(3)), torch.zeros(3))
