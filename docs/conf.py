@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
 
 from docutils import nodes
+from sphinx.ext import autosummary
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # import the checkout even without `pip install -e .`
@@ -96,6 +98,19 @@ autodoc_preserve_defaults = True
 #: torch.nn.Module plumbing that our classes override but users never call
 _HIDDEN_MEMBERS = {"extra_repr"}
 add_module_names = False
+
+# The one-line summaries of the autosummary tables are cut from the docstrings' first sentence;
+# a :footcite: there would point to a bibliography the table does not have: drop it from summaries.
+_extract_summary = autosummary.extract_summary
+
+
+def _summary_without_citations(doc, document):
+    # the role as written, or as the footnote reference it has become by then
+    pattern = r"\s*(:footcite(?::\w+)?:`[^`]*`|\[#[\w:-]+\]_)"
+    return re.sub(pattern, "", _extract_summary(doc, document))
+
+
+autosummary.extract_summary = _summary_without_citations
 
 # -- links to deepinv and PyTorch (offline: plain external links) ---------------------------------
 DEEPINV_DOCS = "https://deepinv.github.io/deepinv"
@@ -189,7 +204,6 @@ sphinx_gallery_conf = {
     "within_subsection_order": "_gallery_order.ExampleOrder",
     "backreferences_dir": "gen_modules/backreferences",
     "doc_module": ("deepinv_deq",),
-    "reference_url": {"deepinv_deq": None},
     "remove_config_comments": True,
     "min_reported_time": 0,
     "write_computation_times": True,

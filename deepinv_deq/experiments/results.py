@@ -176,7 +176,8 @@ def rst(results: list[dict]) -> str:
     for r in sorted(results, key=_order):
         cells = _cells(r)
         lines.append(f"   * - {cells[0]}")
-        lines += [f"     - {c}" for c in cells[1:]]
+        # a lone "-" would start a bullet list inside the list-table: escape it
+        lines += [f"     - {c}" if c != "-" else "     - \\-" for c in cells[1:]]
     comp = comparisons(results)
     if comp:
         lines += ["", ".. list-table::", "   :header-rows: 1", "",
