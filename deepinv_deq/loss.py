@@ -98,6 +98,8 @@ class _RecordingTransform:
         return self.output
 
     def __getattr__(self, name):
+        if name == "transform":  # not set yet (e.g. during copying): no recursion
+            raise AttributeError(name)
         return getattr(self.transform, name)
 
     def last(self) -> Tensor:
@@ -118,6 +120,8 @@ class _WithTransform:
         self.T = transform
 
     def __getattr__(self, name):
+        if name == "_loss":
+            raise AttributeError(name)
         return getattr(self._loss, name)
 
 
