@@ -125,10 +125,12 @@ class _WithTransform:
         return getattr(self._loss, name)
 
 
-def _ei_forward(loss: EILoss, x_net: Tensor, physics, model) -> Tensor:
-    # deepinv's EILoss.forward, with T_g x_hat recorded and the model's solve started there.
+def _warm_ei_forward(deepinv_forward, loss: EILoss, x_net: Tensor, physics, model, **kwargs) -> Tensor:
+    # deepinv's own forward (EILoss.forward or MOEILoss.forward), with T_g x_hat recorded and the
+    # model's solve started there.
     recorder = _RecordingTransform(loss.T)
-    return EILoss.forward(_WithTransform(loss, recorder), x_net, physics, _WarmStarted(model, recorder.last))
+    view = _WithTransform(loss, recorder)
+    return deepinv_forward(view, x_net, physics, _WarmStarted(model, recorder.last), **kwargs)
 
 
 class DEQEILoss(EILoss):
@@ -191,7 +193,7 @@ class DEQEILoss(EILoss):
         """
         if not (self.warm_start and is_deq(model)):
             return super().forward(x_net, physics, model, **kwargs)
-        return _ei_forward(self, x_net, physics, model)
+        return _warm_ei_forward(EILoss.forward, self, x_net, physics, model, **kwargs)
 
 
 class DEQMOEILoss(MOEILoss):
@@ -235,7 +237,7 @@ class DEQMOEILoss(MOEILoss):
         """
         if not (self.warm_start and is_deq(model)):
             return super().forward(x_net, physics, model, **kwargs)
-        return _ei_forward(self, x_net, self.next_physics(physics), model)
+        return _warm_ei_forward(MOEILoss.forward, self, x_net, physics, model, **kwargs)
 
 
 class DEQSureGaussianLoss(SureGaussianLoss):
