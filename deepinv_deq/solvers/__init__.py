@@ -46,7 +46,7 @@ def get_solver(name, owner: str = "get_solver", allowed=None, **options):
     AndersonAcceleration(max_iter=30, tol=0.0001, atol=0.0, divergence_ratio=10000.0, history_size=3, ridge=0.0001, mixing=1.0)
     """
     allowed = SOLVERS if allowed is None else allowed
-    base = tuple({FixedPointSolver if c is not GMRES else GMRES for c in allowed.values()})
+    base = tuple(dict.fromkeys(GMRES if c is GMRES else FixedPointSolver for c in allowed.values()))
     return resolve(name, allowed, owner, "solver", base, **options)
 
 
