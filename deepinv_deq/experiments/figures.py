@@ -51,8 +51,8 @@ def _pyplot():
 
 def reconstructions(results: list[dict], out, task: str, path, reference=None, error_max: float = 0.2) -> Path:
     r"""Ground truth and the reconstruction of the first test image by every run of ``task``
-    (top row, PSNR in the title), with the absolute error maps below (shared colour scale
-    ``[0, error_max]``).
+    (top row, PSNR in the title, one grey scale from 0 to the ground truth's maximum), with the
+    absolute error maps below (shared colour scale ``[0, error_max]``).
 
     :param list results: the runs' results.
     :param str out: the experiment's output directory (holding each run's ``samples.pt``).
@@ -78,19 +78,22 @@ def reconstructions(results: list[dict], out, task: str, path, reference=None, e
         ax.set_xticks([])
         ax.set_yticks([])
     col = 0
+    # one grey scale for every panel: [0, the ground truth's maximum] (phantoms rarely reach 1)
+    vmax = float(reference.max()) if reference is not None and float(reference.max()) > 0 else 1.0
     if reference is not None:
-        axes[0, 0].imshow(reference[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[0, 0].imshow(reference[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=vmax)
         axes[0, 0].set_title("ground truth", fontsize=FONT)
         axes[1, 0].axis("off")
+        axes[1, 0].text(0.5, 0.5, "absolute error\n|reconstruction - truth|", ha="center", va="center",
+                        fontsize=FONT, transform=axes[1, 0].transAxes)
         col = 1
     im = None
     for j, (name, img, psnr) in enumerate(panels, start=col):
-        axes[0, j].imshow(img[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[0, j].imshow(img[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=vmax)
         axes[0, j].set_title(f"{name}\n{psnr:.2f} dB", fontsize=FONT)
         if reference is not None:
             err = (img[0].clamp(0, 1) - reference[0]).abs().numpy()
             im = axes[1, j].imshow(err, cmap="inferno", vmin=0, vmax=error_max)
-            axes[1, j].set_xlabel("|error|", fontsize=FONT - 1)
         else:
             axes[1, j].axis("off")
     fig.tight_layout()
