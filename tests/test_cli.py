@@ -170,6 +170,43 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, capsys, monkeypatch):
     assert {"deepinv-deq", "deepinv", "torch", "device"} <= set(meta["versions"])
 
 
+@pytest.mark.slow
+def test_real_ctrl_c_leaves_a_resumable_run(tmp_path):
+    """SIGINT during training: one line on stderr, exit 130, a checkpoint; the same command finishes."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    args = ["train", "--task", "ct", "--method", "deq", "--regime", "ei", *TINY, "--epochs", "40"]
+    args += ["--out", str(tmp_path)]
+    # Ctrl-C as in a terminal, even when the test runner was started in the background (SIGINT ignored)
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from deepinv_deq.experiments import cli; sys.exit(cli.main(sys.argv[1:]))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if any(tmp_path.rglob("last*.pt")):  # a checkpoint exists: interrupt the training
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().count("\n") == 0 and "interrupted" in err and "Traceback" not in err, err
+    assert not (tmp_path / "ct" / "deq-ei" / "result.json").exists()
+    assert cli.main(args) == 0  # the same command resumes and finishes
+    assert (tmp_path / "ct" / "deq-ei" / "result.json").exists()
+
+
 def test_preset_table_lists_every_preset():
     from deepinv_deq.experiments.configs import PRESETS
 
