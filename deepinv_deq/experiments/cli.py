@@ -75,41 +75,42 @@ def _setting_help() -> dict[str, str]:
     return out
 
 
-def _preset_notes() -> dict[str, str]:
-    """``preset -> what runs and its measured time``, as written next to :data:`PRESETS`."""
-    return dict(getattr(configs, "PRESET_NOTES", {}))
+def _preset_times() -> dict[str, str]:
+    """``preset -> measured time``, as recorded next to :data:`PRESETS` (``PRESET_TIMES``)."""
+    return {k: str(v) for k, v in getattr(configs, "PRESET_TIMES", {}).items()}
+
+
+def _used_by(name: str) -> str:
+    commands = [c for c, size in DEFAULT_SIZE.items() if size == name]
+    return "default of " + ", ".join(commands) if commands else f"--size {name}"
 
 
 def preset_table(fmt: str = "text") -> str:
-    r"""The size presets as a table: image size, data, training budget, what runs, measured time.
+    r"""The size presets as a table: image size, images, training budget, which command uses
+    them, measured time.
 
-    Built from :data:`deepinv_deq.experiments.configs.PRESETS` (and its ``PRESET_NOTES``), so the
-    ``--help`` text and the documentation show the same numbers.
+    Built from :data:`deepinv_deq.experiments.configs.PRESETS` (times from its ``PRESET_TIMES``
+    when recorded), so the ``--help`` text and the documentation show the same numbers.
 
     :param str fmt: ``"text"`` (for ``--help``) or ``"rst"`` (a list-table for the docs).
     """
-    notes = _preset_notes()
-    header = (
-        "preset",
-        "image",
-        "train / test images",
-        "epochs",
-        "seeds",
-        "what runs, time on 2 CPU cores",
-    )
+    times = _preset_times()
+    header = ("preset", "image", "train/val/test", "epochs", "seeds", "used by", "time")
     rows = []
     for name, p in PRESETS.items():
         size = str(p.get("img_size", "?"))
         if p.get("mri_img_size"):
             size += f" (MRI {p['mri_img_size']})"
+        images = "/".join(str(p.get(k, "-")) for k in ("n_train", "n_val", "n_test"))
         rows.append(
             (
                 name,
                 size,
-                f"{p.get('n_train', '?')} / {p.get('n_test', '?')}",
+                images,
                 str(p.get("epochs", "?")),
                 str(p.get("seeds", 1)),
-                notes.get(name, "not measured"),
+                _used_by(name),
+                times.get(name, "not measured"),
             )
         )
     if fmt == "rst":
