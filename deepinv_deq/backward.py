@@ -36,6 +36,7 @@ from ._autodiff import batch_norm, expand_as_batch
 from ._report import POLICIES, HookRegistry, enforce
 from ._validation import check_choice, check_float, check_int, default, is_given
 from .solvers import LINEAR_SOLVERS, FixedPointSolver, GMRES, SolverStats, SolverStatus, get_solver
+from .solvers.base import autocast_tol
 
 
 class BackwardStrategy(torch.nn.Module):
@@ -230,7 +231,9 @@ class ImplicitDifferentiation(BackwardStrategy):
     :param str, torch.nn.Module solver: ``"anderson"``, ``"fixed_point"``, ``"gmres"`` or a linear
         solver instance. Default: ``"anderson"``.
     :param int max_iter: maximum iterations of the solver (not with an instance). Default: ``50``.
-    :param float tol: relative residual tolerance (not with an instance). Default: ``1e-5``.
+    :param float tol: relative residual tolerance (not with an instance). Default: ``1e-5``, or
+        the unit roundoff of the autocast dtype when the map runs under :func:`torch.autocast`
+        (see :func:`deepinv_deq.solvers.base.autocast_tol`).
     :param str on_failure: for the samples whose solve does not converge: ``"warn"`` (the best
         iterate is used, with a :class:`RuntimeWarning`), ``"jfb"`` (they get the JFB gradient
         :math:`u = v`, with a warning) or ``"raise"`` (:class:`RuntimeError`). Default: ``"warn"``.
@@ -273,6 +276,8 @@ class ImplicitDifferentiation(BackwardStrategy):
         self.on_failure = check_choice(owner, "on_failure", on_failure, POLICIES)
         if isinstance(solver, (FixedPointSolver, GMRES)) and (is_given(max_iter) or is_given(tol)):
             raise ValueError(f"{owner}: max_iter and tol cannot be combined with a solver instance; set them on the instance.")
+        # a default tolerance is fitted to the precision of the map under autocast (autocast_tol)
+        self._auto_tol = not is_given(tol) and not isinstance(solver, (FixedPointSolver, GMRES))
         if not isinstance(solver, (FixedPointSolver, GMRES)):
             solver_options = {"max_iter": int(max_iter), "tol": float(tol), **solver_options}
         self.solver = get_solver(solver, owner=owner, allowed=LINEAR_SOLVERS, **solver_options)
@@ -290,6 +295,7 @@ class ImplicitDifferentiation(BackwardStrategy):
         if not z.requires_grad:
             return z
         guard = tuple(t for t in guard if t.requires_grad)
+        tol = autocast_tol(self.solver.tol, z.device.type) if self._auto_tol else None
 
         def vjp(u: Tensor) -> Tensor:
             saved = [t.grad for t in guard]
@@ -298,15 +304,15 @@ class ImplicitDifferentiation(BackwardStrategy):
                 t.grad = grad
             return torch.zeros_like(u) if g is None else g.to(u.dtype)
 
-        return _Adjoint.apply(z, lambda v: self._solve(vjp, v, fallback, on_stats))
+        return _Adjoint.apply(z, lambda v: self._solve(vjp, v, fallback, on_stats, tol))
 
-    def _solve(self, vjp, v: Tensor, fallback, on_stats) -> Tensor:
+    def _solve(self, vjp, v: Tensor, fallback, on_stats, tol) -> Tensor:
         grad_dtype = v.dtype
         v = v.detach().to(torch.promote_types(v.dtype, torch.float32))
         flat = v.reshape(v.shape[0], -1)
         finite, zero = torch.isfinite(flat).all(dim=1), (flat == 0).all(dim=1)
         b = torch.where(expand_as_batch(finite, v), v, torch.zeros_like(v))
-        result = self.solver.solve(lambda u: u - vjp(u), b, b)
+        result = self.solver.solve(lambda u: u - vjp(u), b, b, tol=tol)
         stats = self._classify(result.stats, b, finite, zero)
         self.last_stats, self.n_solves = stats, self.n_solves + 1
         self._hooks("backward", stats)

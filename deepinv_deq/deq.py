@@ -26,6 +26,7 @@ from ._validation import (
 from .backward import BACKWARDS, BackwardStrategy, ImplicitDifferentiation
 from .maps import build_map
 from .solvers import FORWARD_SOLVERS, FixedPointSolver, SolverStats
+from .solvers.base import autocast_tol
 
 INITS = ("adjoint", "pseudo_inverse")
 # ImplicitBackward's names of the phantom options, accepted in backward_options
@@ -75,8 +76,9 @@ class DEQ(Reconstructor):
     without meeting ``tol`` (budget, divergence, NaN) and samples whose backward solve does not
     meet ``backward_tol`` warn (``"warn"``), fall back to the JFB gradient (``"jfb"``) or raise
     (``"raise"``). A sample whose map never gives a finite value returns its initial iterate,
-    with no gradient. Under :func:`torch.autocast` (bfloat16/float16 maps), relative residuals
-    much below ``1e-2`` are out of reach: set ``tol`` and ``backward_tol`` accordingly.
+    with no gradient. Under :func:`torch.autocast`, residuals below the unit roundoff of the
+    autocast dtype are out of reach: the default ``tol`` and ``backward_tol`` are then raised to
+    it (``7.8e-3`` for bfloat16, ``9.8e-4`` for float16); tolerances set explicitly are kept.
 
     :param torch.nn.Module denoiser: the denoiser :math:`D_\theta`, called ``denoiser(x, sigma)``
         (e.g. :class:`deepinv_deq.ContractiveDenoiser`). Required for the built-in iterations.
@@ -178,6 +180,7 @@ class DEQ(Reconstructor):
             trainable_params=tuple(trainable_params),
         )
         budget = {"max_iter": max_iter, "tol": tol}
+        self._auto_tol = not is_given(tol) and not isinstance(solver, FixedPointSolver)
         if isinstance(solver, FixedPointSolver):
             budget = {k: v for k, v in budget.items() if is_given(v)}
         self.solver = resolve(solver, FORWARD_SOLVERS, "DEQ", "solver", FixedPointSolver, **budget, **(solver_options or {}))
@@ -274,7 +277,8 @@ class DEQ(Reconstructor):
         x0 = self._initial_iterate(y, physics, init)
         psnr, callback = self._metrics_recorder(x_gt) if compute_metrics else (None, None)
         fmap = lambda x: self.map(x, y, physics)
-        result = self.solver(_explained(fmap, y, physics, init), x0, callback=callback)
+        tol = autocast_tol(self.solver.tol, x0.device.type) if self._auto_tol else None
+        result = self.solver(_explained(fmap, y, physics, init), x0, callback=callback, tol=tol)
         failed = self._report(result.stats)
         x = self._differentiate(fmap, result, physics, failed)
         return (x, self._metrics(result.stats, psnr)) if compute_metrics else x

@@ -70,8 +70,8 @@ _MESSAGES = {
 _ADVICE = {
     SolverStatus.CONVERGED: "",
     SolverStatus.MAX_ITER: (
-        "Increase max_iter, loosen tol (under autocast, float16/bfloat16 maps cannot reach a "
-        "relative residual much below 1e-2), or make the map more contractive."
+        "Increase max_iter, loosen tol (under autocast, a float16/bfloat16 map cannot reach a "
+        "residual much below the unit roundoff of its dtype), or make the map more contractive."
     ),
     SolverStatus.DIVERGED: (
         "Lower the stepsize or make the denoiser more contractive (e.g. ContractiveDenoiser, "
@@ -170,6 +170,27 @@ class SolverResult:
     stats: SolverStats
 
 
+def autocast_tol(tol: float, device_type: str) -> float:
+    r"""A default tolerance fitted to the precision of the map: under :func:`torch.autocast`,
+    ``max(tol, eps)`` with ``eps`` the unit roundoff of the autocast dtype (``7.8e-3`` for
+    bfloat16, ``9.8e-4`` for float16), below which a residual computed from low-precision
+    evaluations cannot reliably fall; ``tol`` otherwise.
+
+    :Examples:
+
+    >>> import torch
+    >>> from deepinv_deq.solvers.base import autocast_tol
+    >>> autocast_tol(1e-4, "cpu")
+    0.0001
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     autocast_tol(1e-4, "cpu")
+    0.0078125
+    """
+    if not torch.is_autocast_enabled(device_type):
+        return tol
+    return max(tol, torch.finfo(torch.get_autocast_dtype(device_type)).eps)
+
+
 class FixedPointSolver(torch.nn.Module):
     r"""Base class of the forward solvers of :math:`x = f(x)`.
 
@@ -237,14 +258,17 @@ class FixedPointSolver(torch.nn.Module):
         f: Callable[[Tensor], Tensor],
         x0: Tensor,
         callback: Callable[[int, Tensor, Tensor], None] | None = None,
+        tol: float | None = None,
     ) -> SolverResult:
         r"""Solve :math:`x = f(x)` from ``x0``.
 
         :param Callable f: the map, applied to the whole batch.
         :param torch.Tensor x0: initial iterate, shape ``(B, ...)``.
         :param Callable callback: optional ``callback(k, x_k, f(x_k))`` called at every iteration.
+        :param float tol: relative tolerance of this solve. Default: the solver's ``tol``.
         :return: (:class:`SolverResult`) best iterate, its image and statistics.
         """
+        tol = self.tol if tol is None else tol
         if x0.ndim == 0:
             raise ValueError(f"{type(self).__name__}: x0 must have a batch dimension, got a scalar.")
         if not bool(torch.isfinite(x0).all()):
@@ -282,7 +306,7 @@ class FixedPointSolver(torch.nn.Module):
                 nonfinite = nonfinite | ~finite
                 trace.append(rel)
                 frozen = nonfinite | diverged
-                meets = finite & ~frozen & ((rel <= self.tol) | (absr <= self.atol))
+                meets = finite & ~frozen & ((rel <= tol) | (absr <= self.atol))
                 # the best iterate has the smallest absolute residual (for a contraction it bounds
                 # the distance to the fixed point); once a sample has converged, only iterates that
                 # still meet the tolerance may replace its best one
@@ -325,7 +349,7 @@ class FixedPointSolver(torch.nn.Module):
         return SolverResult(x=best_x, fx=best_fx, stats=stats)
 
     def solve(
-        self, matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None
+        self, matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None, tol: float | None = None
     ) -> SolverResult:
         r"""Solve the linear system :math:`M u = b` as the fixed point of :math:`u \mapsto u - M u + b`.
 
@@ -337,10 +361,11 @@ class FixedPointSolver(torch.nn.Module):
         :param Callable matvec: :math:`u \mapsto M u`, applied to the whole batch.
         :param torch.Tensor b: right-hand side, shape ``(B, ...)``.
         :param torch.Tensor x0: initial guess. Default: ``b``.
+        :param float tol: relative tolerance of this solve. Default: the solver's ``tol``.
         :return: (:class:`SolverResult`) ``x`` is the solution (the image of the best iterate);
             ``stats.abs_residual`` is :math:`\|b - M u\|/\sqrt{n}` at the best iterate.
         """
-        result = self(lambda u: u - matvec(u) + b, b if x0 is None else x0)
+        result = self(lambda u: u - matvec(u) + b, b if x0 is None else x0, tol=tol)
         return SolverResult(x=result.fx, fx=result.fx, stats=result.stats)
 
     def extra_repr(self) -> str:

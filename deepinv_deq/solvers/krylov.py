@@ -19,11 +19,11 @@ from .._autodiff import batch_norm
 from .base import SolverResult, SolverStats, SolverStatus
 
 
-def _linear_result(solver, u: Tensor, res: Tensor, bnorm: Tensor, nmv: int, trace, bad: Tensor) -> SolverResult:
+def _linear_result(solver, u: Tensor, res: Tensor, bnorm: Tensor, nmv: int, trace, bad: Tensor, tol: float) -> SolverResult:
     # statistics of a linear solve M u = b from the final true residual norms ||b - M u||
     rel = res / torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
     bad = bad | ~torch.isfinite(rel) | ~torch.isfinite(u.reshape(u.shape[0], -1)).all(dim=1)
-    status = torch.where(rel <= solver.tol, int(SolverStatus.CONVERGED), int(SolverStatus.MAX_ITER))
+    status = torch.where(rel <= tol, int(SolverStatus.CONVERGED), int(SolverStatus.MAX_ITER))
     status = torch.where(bad, int(SolverStatus.NONFINITE), status).to(torch.int64)
     stats = SolverStats(
         nfe=nmv,
@@ -93,15 +93,17 @@ class GMRES(torch.nn.Module):
 
     @torch.no_grad()
     def solve(
-        self, matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None
+        self, matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None, tol: float | None = None
     ) -> SolverResult:
         r"""Solve :math:`M u = b`.
 
         :param Callable matvec: :math:`u \mapsto M u`, applied to the whole batch.
         :param torch.Tensor b: right-hand side, shape ``(B, ...)``.
         :param torch.Tensor x0: initial guess. Default: zero.
+        :param float tol: relative tolerance of this solve. Default: the solver's ``tol``.
         :return: (:class:`SolverResult`) with ``x`` the solution and ``fx`` equal to ``x``.
         """
+        tol = self.tol if tol is None else tol
         shape, B = b.shape, b.shape[0]
         cdtype = torch.promote_types(b.dtype, torch.float32)
         mv = lambda v: matvec(v.reshape(shape).to(b.dtype)).reshape(B, -1).to(cdtype)
@@ -110,7 +112,7 @@ class GMRES(torch.nn.Module):
         bad = ~torch.isfinite(bnorm)
         bf = torch.where(bad[:, None], torch.zeros_like(bf), bf)
         bnorm = torch.where(bad, torch.zeros_like(bnorm), bnorm)
-        target = self.tol * bnorm
+        target = tol * bnorm
         tiny = torch.finfo(cdtype).eps * bnorm  # relative breakdown threshold
         x = torch.zeros_like(bf) if x0 is None else x0.reshape(B, -1).to(cdtype)
         x = torch.where(bad[:, None], torch.zeros_like(x), x)
@@ -122,7 +124,7 @@ class GMRES(torch.nn.Module):
         # max_iter bounds every product with M, the initial and final true residuals included
         while nmv + 1 < self.max_iter and not bool(((res <= target) | bad).all()):
             x, r, res, bad, nmv = self._cycle(mv, x, r, res, bad, bf, bnorm, target, tiny, nmv, trace)
-        return _linear_result(self, x.reshape(shape).to(b.dtype), res, bnorm, nmv, trace, bad)
+        return _linear_result(self, x.reshape(shape).to(b.dtype), res, bnorm, nmv, trace, bad, tol)
 
     solve_linear = solve  # the name used before the shared linear-solve interface
 
