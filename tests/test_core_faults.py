@@ -18,6 +18,7 @@ import torch
 
 from deepinv_deq import DEQ, ContractiveDenoiser, ImplicitBackward
 from deepinv_deq.solvers import GMRES
+from test_amp import SmallDenoiser as SmallDenoiserAMP
 
 BACKWARD_SOLVERS = ["fixed_point", "anderson", "gmres"]
 
@@ -306,21 +307,6 @@ def test_signature_shows_the_defaults():
     assert params["max_iter"].default == 50 and params["phantom_steps"].default == 5
 
 
-class LowPrecisionDenoiser(torch.nn.Module):
-    r"""A contractive conv net whose output stays in the autocast dtype (no float32 skip path)."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1 = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.c2 = torch.nn.Conv2d(4, 1, 3, padding=1)
-        with torch.no_grad():
-            for c in (self.c1, self.c2):
-                c.weight.mul_(0.6 / c.weight.abs().sum(dim=(1, 2, 3), keepdim=True))
-
-    def forward(self, x, sigma=None):
-        return self.c2(torch.tanh(self.c1(x)))
-
-
 def _autocast_step(model, physics, x, y):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(y, physics)
@@ -329,10 +315,11 @@ def _autocast_step(model, physics, x, y):
 
 
 def test_default_tolerances_fit_the_autocast_dtype():
+    # a map whose output stays in bfloat16 stalls near 4e-4, above the default tol 1e-4
     physics = dinv.physics.Inpainting(img_size=(1, 16, 16), mask=0.6)
     x = torch.rand(4, 1, 16, 16)
     y = physics(x)
-    model = DEQ(denoiser=LowPrecisionDenoiser(), max_iter=60, backward_max_iter=60)
+    model = DEQ(denoiser=SmallDenoiserAMP(skip=False), max_iter=60, backward_max_iter=60)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _autocast_step(model, physics, x, y)
@@ -340,6 +327,6 @@ def test_default_tolerances_fit_the_autocast_dtype():
     assert model.forward_stats.all_converged and model.backward_stats.all_converged
     assert float(model.forward_stats.residual.max()) <= eps
     # an explicit tolerance is kept, and the low-precision map cannot reach it
-    strict = DEQ(denoiser=LowPrecisionDenoiser(), max_iter=60, tol=1e-6)
+    strict = DEQ(denoiser=SmallDenoiserAMP(skip=False), max_iter=60, tol=1e-6)
     with pytest.warns(RuntimeWarning, match="forward solve did not converge"):
         _autocast_step(strict, physics, x, y)
