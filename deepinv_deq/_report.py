@@ -58,14 +58,16 @@ class HookRegistry:
 
 def warn_at_caller(message: str, category=RuntimeWarning) -> None:
     r"""Warn with the location of the first frame outside deepinv-deq and torch: the user's call
-    of the model, or of ``loss.backward()`` for a warning raised during the backward pass."""
+    of the model, or of ``loss.backward()`` for a warning raised during the backward pass (when
+    the backward runs in autograd's own thread, as on CUDA, no user frame exists and the warning
+    points at the line that raises it)."""
     frame, level = sys._getframe(1), 2
     while frame is not None:
         name = os.path.abspath(frame.f_code.co_filename)
         if not (name.startswith(_PACKAGE_DIR) or name.startswith(_TORCH_DIR)):
             break
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
+    warnings.warn(message, category, stacklevel=level if frame is not None else 2)
 
 
 def enforce(stats: SolverStats, policy: str, owner: str, what: str, among: Tensor | None = None):
