@@ -195,29 +195,23 @@ class DEQ(Reconstructor):
 
     @staticmethod
     def _build_backward(backward, linear: dict, options: dict, on_failure):
-        if isinstance(backward, BackwardStrategy):
-            if options or any(is_given(v) for v in linear.values()):
-                raise ValueError(
-                    "DEQ: backward_max_iter, backward_tol, backward_solver and backward_options "
-                    "cannot be combined with an ImplicitBackward instance (or another backward "
-                    "strategy instance); set them on the instance."
-                )
-            own = getattr(backward, "on_failure", None)
-            if is_given(on_failure) and own is not None and on_failure != own:
-                raise ValueError(
-                    f"DEQ: on_failure={on_failure!r} differs from the backward instance's "
-                    f"on_failure={own!r}; set one policy."
-                )
-            policy = on_failure if is_given(on_failure) or own is None else own
-            return check_choice("DEQ", "on_failure", policy, POLICIES), backward
+        instance = isinstance(backward, BackwardStrategy)
+        if instance and (options or any(is_given(v) for v in linear.values())):
+            raise ValueError(
+                "DEQ: backward_max_iter, backward_tol, backward_solver and backward_options "
+                "cannot be combined with an ImplicitBackward instance (or another backward "
+                "strategy instance); set them on the instance."
+            )
+        own = getattr(backward, "on_failure", None) if instance else options.pop("on_failure", None)
+        if is_given(on_failure) and own is not None and on_failure != own:
+            raise ValueError(f"DEQ: on_failure={on_failure!r} differs from the backward's {own!r}; set one policy.")
+        policy = check_choice("DEQ", "on_failure", on_failure if own is None else own, POLICIES)
+        if instance:
+            return policy, backward
         for name, value in linear.items():
             if is_given(value) and name in options:
                 raise ValueError(f"DEQ: '{name}' given twice (backward_{name} and backward_options).")
             options.setdefault(name, value)
-        own = options.pop("on_failure", None)
-        if is_given(on_failure) and own is not None and on_failure != own:
-            raise ValueError(f"DEQ: on_failure={on_failure!r} differs from backward_options' {own!r}.")
-        policy = check_choice("DEQ", "on_failure", on_failure if is_given(on_failure) or own is None else own, POLICIES)
         name = check_choice("DEQ", "backward", backward, BACKWARDS)
         options = {_BACKWARD_ALIASES.get(k, k): v for k, v in options.items()}
         if name == "implicit":
