@@ -36,6 +36,7 @@ __all__ = [
     "spectral_radius",
     "spectral_normalize",
     "solvers",
+    "backward",
     "maps",
     "denoisers",
     "diagnostics",
@@ -49,7 +50,7 @@ __all__ = [
 if not getattr(_sys.modules.get("_deepinv_deq_cli"), "PARSING", False):
     from .implicit import ImplicitBackward
     from .deq import DEQ
-    from . import solvers, maps
+    from . import solvers, backward, maps
     from .loss import DEQEILoss, DEQMOEILoss, DEQSureGaussianLoss, JacobianNormLoss
     from .monitor import DEQMonitor
     from .denoisers import ContractiveDenoiser
