@@ -78,7 +78,7 @@ model = DEQ(
 )
 
 x_test = next(iter(test_loader))
-torch.manual_seed(1)
+_ = torch.manual_seed(1)
 y_test = physics(x_test)
 with torch.no_grad():
     x_untrained = model(y_test, physics)
@@ -117,7 +117,7 @@ print(f"training: {len(monitor.history)} solves, {summary['not_converged']:.1%} 
 for kind in ("forward", "backward"):
     print(
         f"  {kind:<8} {summary[kind + '_nfe']:5.1f} iterations on average, "
-        f"largest final residual {summary[kind + '_residual']:.2e} (tol 1e-4)"
+        f"largest final residual {summary[kind + '_residual']:.3e} (tol 1e-4)"
     )
 
 # %%

@@ -107,12 +107,11 @@ model = trainer.train()
 s = monitor.summary()  # over every solve recorded during training (tolerance 1e-4)
 print(f"{len(monitor.history)} solves during training, {s['not_converged']:.1%} not converged")
 print(
-    f"forward : {s['forward_nfe']:.1f} iterations (mean), largest residual {s['forward_residual']:.2e}"
+    f"forward : {s['forward_nfe']:.1f} iterations (mean), max residual {s['forward_residual']:.3e}"
 )
 print(
-    f"backward: {s['backward_nfe']:.1f} iterations (mean), largest residual {s['backward_residual']:.2e}"
+    f"backward: {s['backward_nfe']:.1f} iterations (mean), max residual {s['backward_residual']:.3e}"
 )
-model.eval()
 
 # %%
 # Results on held-out images
@@ -120,8 +119,9 @@ model.eval()
 # PSNR of the zero-filled reconstruction :math:`A^\top y` and of the DEQ on 16 test images, and
 # magnitude images (:func:`deepinv.utils.complex_abs`).
 
+model.eval()
 x = next(iter(test_loader))
-torch.manual_seed(1)
+_ = torch.manual_seed(1)
 y = physics(x)
 with torch.no_grad():
     x_hat = model(y, physics)
