@@ -344,7 +344,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         _common(parsers[name])
         _verbosity(parsers[name])
         parsers[name].set_defaults(size=DEFAULT_SIZE[name])
-    e = parsers["eval"].add_argument_group("options")
+    e = parsers["eval"].add_argument_group("runs and machine")
     e.add_argument(
         "--out",
         default=DEFAULT_OUT,
