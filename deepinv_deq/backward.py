@@ -183,10 +183,15 @@ class PhantomGradient(BackwardStrategy):
         self.damping = check_float(owner, "damping", damping, 0.0, 1.0, strict_min=True)
 
     def differentiate(self, f, x_star, guard=(), fallback=None, on_stats=None):
-        z = x_star
+        z, first = x_star, None
         for _ in range(self.steps):
-            z = f(z) if self.damping == 1.0 else z + self.damping * (f(z) - z)
-        return z
+            fz = f(z)
+            first = fz if first is None else first
+            z = fz if self.damping == 1.0 else z + self.damping * (fz - z)
+        if fallback is None:
+            return z
+        # the samples to fall back to JFB (a failed forward solve) get f(x*) and its gradient
+        return torch.where(expand_as_batch(fallback.to(z.device), z), first, z)
 
     def extra_repr(self) -> str:
         return f"steps={self.steps}, damping={self.damping}"
@@ -300,7 +305,7 @@ class ImplicitDifferentiation(BackwardStrategy):
         def vjp(u: Tensor) -> Tensor:
             saved = [t.grad for t in guard]
             (g,) = torch.autograd.grad(z, x_in, u.to(z.dtype), retain_graph=True, allow_unused=True)
-            for t, grad in zip(guard, saved):  # undo side-effect accumulation into .grad
+            for t, grad in zip(guard, saved, strict=True):  # undo the side-effect accumulation
                 t.grad = grad
             return torch.zeros_like(u) if g is None else g.to(u.dtype)
 

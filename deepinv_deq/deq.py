@@ -51,6 +51,21 @@ def _explained(fmap: Callable, y, physics, init) -> Callable:
     return wrapped
 
 
+def _merge_budget(named: dict, options: dict | None, prefix: str, instance: bool) -> dict:
+    # DEQ's named options (e.g. max_iter) and the same option in the options dict: one or the other;
+    # a named default gives way to the dict, and is dropped beside an instance
+    options = dict(options or {})
+    for name, value in named.items():
+        if is_given(value) and name in options:
+            options_name = "backward_options" if prefix else "solver_options"
+            raise ValueError(f"DEQ: '{name}' given twice ({prefix}{name} and {options_name}).")
+        if not instance and name not in options:
+            options[name] = value
+        elif instance and is_given(value):
+            options[name] = value  # resolve() refuses options beside an instance
+    return options
+
+
 def _grad_leaves(module) -> list[Tensor]:
     if not isinstance(module, torch.nn.Module):
         return []
@@ -180,10 +195,9 @@ class DEQ(Reconstructor):
             trainable_params=tuple(trainable_params),
         )
         budget = {"max_iter": max_iter, "tol": tol}
-        self._auto_tol = not is_given(tol) and not isinstance(solver, FixedPointSolver)
-        if isinstance(solver, FixedPointSolver):
-            budget = {k: v for k, v in budget.items() if is_given(v)}
-        self.solver = resolve(solver, FORWARD_SOLVERS, "DEQ", "solver", FixedPointSolver, **budget, **(solver_options or {}))
+        options = _merge_budget(budget, solver_options, "", instance=isinstance(solver, FixedPointSolver))
+        self._auto_tol = not isinstance(solver, FixedPointSolver) and not is_given(options.get("tol"))
+        self.solver = resolve(solver, FORWARD_SOLVERS, "DEQ", "solver", FixedPointSolver, **options)
         linear = {"max_iter": backward_max_iter, "tol": backward_tol, "solver": backward_solver}
         self.on_failure, self.backward = self._build_backward(backward, linear, dict(backward_options or {}), on_failure)
         self.init = init if callable(init) else check_choice("DEQ", "init", init, INITS)
@@ -208,12 +222,10 @@ class DEQ(Reconstructor):
         policy = check_choice("DEQ", "on_failure", on_failure if own is None else own, POLICIES)
         if instance:
             return policy, backward
-        for name, value in linear.items():
-            if is_given(value) and name in options:
-                raise ValueError(f"DEQ: '{name}' given twice (backward_{name} and backward_options).")
-            options.setdefault(name, value)
+        options = _merge_budget(linear, options, "backward_", instance=False)
         name = check_choice("DEQ", "backward", backward, BACKWARDS)
-        options = {_BACKWARD_ALIASES.get(k, k): v for k, v in options.items()}
+        if name == "phantom":  # ImplicitBackward's names of its options
+            options = {_BACKWARD_ALIASES.get(k, k): v for k, v in options.items()}
         if name == "implicit":
             options["on_failure"] = policy
         else:  # the linear-solve options are validated, though this strategy does not use them

@@ -217,6 +217,24 @@ def test_backward_residual_not_below_one_is_a_failure_warned_at_the_backward_lin
     assert ib.last_stats.status_names() == ["DIVERGED"]
 
 
+def test_on_failure_jfb_with_phantom_gradients_gives_the_jfb_gradient_to_failed_samples():
+    # the warning says the failed samples fall back to JFB: the phantom strategy used to ignore it
+    theta = torch.tensor([[0.5], [0.99]], requires_grad=True)
+    model = DEQ(iteration=lambda x, y, p: theta * x + y, solver="fixed_point", max_iter=40, tol=1e-8,
+                on_failure="jfb", init=_zeros, backward="phantom",
+                backward_options={"phantom_steps": 3, "phantom_damping": 1.0})
+    with pytest.warns(RuntimeWarning, match="falls back to JFB"):
+        out = model(torch.ones(2, 1), None)
+    assert model.forward_stats.status_names() == ["CONVERGED", "MAX_ITER"]
+    out.sum().backward()
+    # sample 0, three steps from x* = 2: d(theta^3 x* + theta^2 + theta + 1)/d theta = 3.5;
+    # sample 1, JFB at its last iterate x: d(theta x + 1)/d theta = x = (f(x) - 1) / theta
+    assert torch.isclose(theta.grad[0, 0], torch.tensor(3.5), rtol=1e-6)
+    assert torch.isclose(theta.grad[1, 0], (out[1, 0].detach() - 1.0) / 0.99, rtol=1e-6)
+    with torch.no_grad(), pytest.warns(RuntimeWarning):
+        assert torch.allclose(model(torch.ones(2, 1), None), out)  # same value as without autograd
+
+
 # --- item 9 ----------------------------------------------------------------------------------
 def test_gmres_as_forward_solver_is_refused_at_construction():
     with pytest.raises(ValueError, match="GMRES"):
@@ -278,6 +296,20 @@ def test_sweep_over_backward_with_fixed_options_constructs(backward):
     assert model.backward.mode == backward
     if backward == "implicit":
         assert model.backward.solver.max_iter == 30 and model.backward.solver.tol == 1e-6
+
+
+def test_budget_in_the_options_dict_is_used_or_named_when_given_twice():
+    model = DEQ(denoiser=ContractiveDenoiser(), solver_options={"tol": 1e-6, "max_iter": 7})
+    assert model.solver.tol == 1e-6 and model.solver.max_iter == 7  # was a TypeError
+    with pytest.raises(ValueError, match=r"'tol' given twice \(tol and solver_options\)"):
+        DEQ(denoiser=ContractiveDenoiser(), tol=1e-3, solver_options={"tol": 1e-6})
+    with pytest.raises(ValueError, match=r"'max_iter' given twice \(backward_max_iter and backward_options\)"):
+        DEQ(denoiser=ContractiveDenoiser(), backward_max_iter=3, backward_options={"max_iter": 7})
+
+
+def test_phantom_option_with_the_implicit_backward_is_named_as_passed():
+    with pytest.raises(ValueError, match="'phantom_steps'"):  # was named 'steps'
+        DEQ(denoiser=ContractiveDenoiser(), backward="implicit", backward_options={"phantom_steps": 3})
 
 
 # --- item 13 ---------------------------------------------------------------------------------
