@@ -71,6 +71,20 @@ PRESETS = {
 }
 
 
+#: what each preset runs and its measured cost (shown by ``deepinv-deq --help`` and the docs)
+PRESET_NOTES = {
+    "tiny": "every method in seconds (used by the tests)",
+    "demo": "CT: EI-DEQ implicit and JFB, supervised DEQ (3 seeds each), untrained DEQ, FBP; "
+            "445 s CPU time on one thread (measured 2026-11-30)",
+    "cpu": "CT 32x32 and MRI 64x64, every method and regime (3 seeds); the demo's runs are its CT "
+           "runs; about 1 h CPU time per task on one thread (see docs/results.rst)",
+    "repro": "former name of cpu",
+    "gpu": "CT 128x128, 50 views (use --tasks ct --methods deq,deq-jfb --regimes sup,ei): sized "
+           "for <= 8 min on one H200, unmeasured",
+    "paper": "paper-like settings (GPU), unmeasured",
+}
+
+
 @dataclass
 class ExperimentConfig:
     r"""Settings of one experiment (shared by every run of a table).
