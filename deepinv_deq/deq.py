@@ -91,7 +91,9 @@ class DEQ(Reconstructor):
     without meeting ``tol`` (budget, divergence, NaN) and samples whose backward solve does not
     meet ``backward_tol`` warn (``"warn"``), fall back to the JFB gradient (``"jfb"``) or raise
     (``"raise"``). A sample whose map never gives a finite value returns its initial iterate,
-    with no gradient. Under :func:`torch.autocast`, residuals below the unit roundoff of the
+    with a zero upstream gradient; the map is still evaluated on the whole batch, so where its
+    backward turns that sample's Inf into NaN (an overflow inside the denoiser), the parameters'
+    gradients are NaN and a gradient scaler skips the step. Under :func:`torch.autocast`, residuals below the unit roundoff of the
     autocast dtype are out of reach: the default ``tol`` and ``backward_tol`` are then raised to
     it (``7.8e-3`` for bfloat16, ``9.8e-4`` for float16); tolerances set explicitly are kept.
 
