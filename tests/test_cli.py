@@ -139,6 +139,20 @@ def test_eval_refuses_training_options(option, tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("task, missing", [("ct", "metadata.csv"), ("mri", "*.h5")])
+def test_data_folder_without_data_is_refused_before_anything_is_created(
+    task, missing, tmp_path, capsys
+):
+    empty, out = tmp_path / "empty", tmp_path / "out"
+    empty.mkdir()
+    args = ["train", "--task", task, "--method", "deq", "--regime", "ei", *TINY]
+    with pytest.raises(SystemExit) as e:
+        cli.main([*args, "--data", str(empty), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--data: not usable for {task}" in err and missing in err, err
+    assert not out.exists()
+
+
 def test_out_must_be_a_writable_folder(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
