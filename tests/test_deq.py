@@ -85,11 +85,14 @@ def test_iterations_converge_and_differentiate(iteration, cls):
 def test_callable_iteration_and_trainable_params():
     physics, x, y = inpainting("cpu")
     w = torch.tensor(0.3, requires_grad=True)
-    model = DEQ(iteration=lambda x, y, physics: w * x + physics.A_adjoint(y), tol=1e-8, max_iter=100)
+    # float32: a relative residual near 1e-8 is rounding, out of reach; 1e-6 is met
+    model = DEQ(iteration=lambda x, y, physics: w * x + physics.A_adjoint(y), tol=1e-6, max_iter=100)
     assert isinstance(model.map, CallableMap)
     out = model(y, physics)
+    assert model.forward_stats.all_converged
     assert torch.allclose(out, physics.A_adjoint(y) / 0.7, atol=1e-5)
     out.sum().backward()
+    assert model.backward_stats.all_converged
     # d/dw of A^T y / (1 - w) summed = sum(A^T y) / (1 - w)^2
     assert torch.isclose(w.grad, physics.A_adjoint(y).sum() / 0.49, rtol=1e-4)
 
