@@ -189,7 +189,7 @@ def test_trainer_one_epoch_on_tiny_tomography(tmp_path):
     )
     trainer.train()
     after = list(model.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     assert model.backward.n_solves == 2  # one implicit backward per batch
 
 

@@ -1,6 +1,5 @@
 """Implicit differentiation: exact gradients against unrolled autograd references."""
 
-import warnings
 
 import deepinv as dinv
 import pytest
@@ -8,7 +7,7 @@ import torch
 
 from deepinv_deq import DEQ, ImplicitBackward
 from deepinv_deq.maps import PGDMap
-from deepinv_deq.solvers import AndersonAcceleration, FixedPointIteration
+from deepinv_deq.solvers import AndersonAcceleration
 
 from models import ContractiveDenoiser, Unrolled
 

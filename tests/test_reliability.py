@@ -18,7 +18,6 @@ from deepinv_deq.solvers import (
     AndersonAcceleration,
     GMRES,
     FixedPointIteration,
-    SolverStatus,
     get_solver,
 )
 
