@@ -56,19 +56,32 @@ def build_models(pb, tol: float, bwd_tols) -> dict:
 
     from bench_forward import deepinv_pgd
 
-    common = dict(denoiser=pb.denoiser, iteration="PGD", stepsize=pb.stepsize, sigma_denoiser=pb.sigma,
-                  solver="anderson", max_iter=200, tol=tol)
+    common = dict(
+        denoiser=pb.denoiser,
+        iteration="PGD",
+        stepsize=pb.stepsize,
+        sigma_denoiser=pb.sigma,
+        solver="anderson",
+        max_iter=200,
+        tol=tol,
+    )
     models = {}
     for solver in ("fixed_point", "anderson", "gmres"):
         for btol in bwd_tols:
             models[f"ours implicit {solver}, tol {btol:g}"] = DEQ(
-                **common, backward="implicit", backward_solver=solver, backward_tol=btol, backward_max_iter=200
+                **common,
+                backward="implicit",
+                backward_solver=solver,
+                backward_tol=btol,
+                backward_max_iter=200,
             )
     models["ours JFB"] = DEQ(**common, backward="jfb")
     matched = AndersonAccelerationConfig(history_size=5, beta=1.0, eps=1e-4)
     for name, anderson_bwd in (("fixed-point", False), ("anderson", True)):
         model = deepinv_pgd(pb.denoiser, pb.stepsize, pb.sigma, 200, tol, matched)
-        model.DEQ_config = DEQConfig(anderson_acceleration_backward=anderson_bwd, max_iter_backward=200)
+        model.DEQ_config = DEQConfig(
+            anderson_acceleration_backward=anderson_bwd, max_iter_backward=200
+        )
         models[f"deepinv DEQ, {name} backward"] = model
     return {k: m.to(pb.device) for k, m in models.items()}
 
@@ -77,9 +90,18 @@ def reference_gradient(pb, w, params, tol: float) -> torch.Tensor:
     r"""Our implicit gradient with the forward solve of the compared rows and a tight backward."""
     from deepinv_deq import DEQ
 
-    model = DEQ(denoiser=pb.denoiser, iteration="PGD", stepsize=pb.stepsize, sigma_denoiser=pb.sigma,
-                solver="anderson", max_iter=200, tol=tol, backward_solver="anderson", backward_tol=1e-7,
-                backward_max_iter=500)
+    model = DEQ(
+        denoiser=pb.denoiser,
+        iteration="PGD",
+        stepsize=pb.stepsize,
+        sigma_denoiser=pb.sigma,
+        solver="anderson",
+        max_iter=200,
+        tol=tol,
+        backward_solver="anderson",
+        backward_tol=1e-7,
+        backward_max_iter=500,
+    )
     grad = gradient(model, pb, w, params)
     print(f"reference: forward {model.forward_stats}, backward {model.backward_stats}")
     return grad
@@ -96,7 +118,9 @@ def main():
     args = parse_args(
         __doc__.splitlines()[0],
         lambda p: (
-            p.add_argument("--tol", type=float, default=1e-5, help="forward tolerance of every model"),
+            p.add_argument(
+                "--tol", type=float, default=1e-5, help="forward tolerance of every model"
+            ),
             p.add_argument("--bwd-tols", type=float, nargs="+", default=[1e-4, 1e-6]),
         ),
     )

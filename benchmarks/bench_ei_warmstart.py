@@ -102,7 +102,9 @@ def deepinv_deq(denoiser, args):
 
 
 def transform(seed):
-    return dinv.transform.Rotate(multiples=90, positive=True, rng=torch.Generator().manual_seed(seed))
+    return dinv.transform.Rotate(
+        multiples=90, positive=True, rng=torch.Generator().manual_seed(seed)
+    )
 
 
 def extra_solve_nfe(model, physics, y, n_draws):
@@ -116,7 +118,9 @@ def extra_solve_nfe(model, physics, y, n_draws):
             lambda: DEQEILoss(transform(123), apply_noise=False, warm_start=True),
         ),
         "SURE": (
-            lambda: dinv.loss.SureGaussianLoss(sigma=0.01, tau=1e-2, rng=torch.Generator().manual_seed(5)),
+            lambda: dinv.loss.SureGaussianLoss(
+                sigma=0.01, tau=1e-2, rng=torch.Generator().manual_seed(5)
+            ),
             lambda: DEQSureGaussianLoss(
                 sigma=0.01, tau=1e-2, rng=torch.Generator().manual_seed(5), warm_start=True
             ),
@@ -124,7 +128,7 @@ def extra_solve_nfe(model, physics, y, n_draws):
     }
     out = {}
     for term, makers in pairs.items():
-        for name, make in zip(("cold", "warm"), makers):
+        for name, make in zip(("cold", "warm"), makers, strict=True):
             loss = make()
             nfe = []
             for _ in range(n_draws):
@@ -163,7 +167,9 @@ def main(argv=None):
     p.add_argument("--stepsize", type=float, default=0.9)
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--max-iter", type=int, default=50)
-    p.add_argument("--train-steps", type=int, default=20, help="EI steps before the second nfe count")
+    p.add_argument(
+        "--train-steps", type=int, default=20, help="EI steps before the second nfe count"
+    )
     p.add_argument("--draws", type=int, default=4, help="transform draws per nfe count")
     p.add_argument("--timing-steps", type=int, default=6)
     p.add_argument("--lr", type=float, default=5e-3)
@@ -174,7 +180,10 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     physics = dinv.physics.Tomography(
-        angles=args.angles, img_width=args.size, normalize=True, noise_model=dinv.physics.GaussianNoise(0.01)
+        angles=args.angles,
+        img_width=args.size,
+        normalize=True,
+        noise_model=dinv.physics.GaussianNoise(0.01),
     )
     x = phantoms(args.batch, args.size, args.seed)
     y = physics(x)
@@ -191,7 +200,14 @@ def main(argv=None):
     for label, d in (("at init", before), (f"after {args.train_steps} EI steps", after)):
         for term in ("EI", "SURE"):
             cold, warm = d[term, "cold"], d[term, "warm"]
-            rows.append((f"{term} extra solve nfe {label}", f"{cold:.1f}", f"{warm:.1f}", f"{cold / warm:.2f}x fewer"))
+            rows.append(
+                (
+                    f"{term} extra solve nfe {label}",
+                    f"{cold:.1f}",
+                    f"{warm:.1f}",
+                    f"{cold / warm:.2f}x fewer",
+                )
+            )
 
     # 2. time of one EI training step (same initial weights, same map, same tolerance)
     base = Denoiser()
@@ -208,12 +224,20 @@ def main(argv=None):
     t_cold = timed_steps(cold_model, cold_losses, physics, x, args.timing_steps, args.lr)
     med = {k: statistics.median(v) for k, v in (("ours", t_ours), ("ref", t_ref), ("cold", t_cold))}
     rows.append(
-        ("EI step time [s] deepinv PGD-DEQ+EILoss vs DEQ+DEQEILoss", f"{med['ref']:.3f}", f"{med['ours']:.3f}",
-         f"ratio {med['ours'] / med['ref']:.2f}")
+        (
+            "EI step time [s] deepinv PGD-DEQ+EILoss vs DEQ+DEQEILoss",
+            f"{med['ref']:.3f}",
+            f"{med['ours']:.3f}",
+            f"ratio {med['ours'] / med['ref']:.2f}",
+        )
     )
     rows.append(
-        ("EI step time [s] DEQ+EILoss (cold) vs DEQ+DEQEILoss", f"{med['cold']:.3f}", f"{med['ours']:.3f}",
-         f"ratio {med['ours'] / med['cold']:.2f}")
+        (
+            "EI step time [s] DEQ+EILoss (cold) vs DEQ+DEQEILoss",
+            f"{med['cold']:.3f}",
+            f"{med['ours']:.3f}",
+            f"ratio {med['ours'] / med['cold']:.2f}",
+        )
     )
 
     print(

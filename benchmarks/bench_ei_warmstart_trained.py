@@ -38,10 +38,12 @@ def main(argv=None):
     model = build_model(task, "deq", cfg)
     model.load_state_dict(torch.load(args.run / "model.pt", map_location=cfg.device))
     model.eval()
-    transform = dinv.transform.Rotate(multiples=90, rng=torch.Generator().manual_seed(0)) * dinv.transform.Shift(
-        rng=torch.Generator().manual_seed(1)
+    transform = dinv.transform.Rotate(
+        multiples=90, rng=torch.Generator().manual_seed(0)
+    ) * dinv.transform.Shift(rng=torch.Generator().manual_seed(1))
+    print(
+        f"run {args.run} ({task}, {cfg.img_size}x{cfg.img_size}), {args.draws} group elements per batch"
     )
-    print(f"run {args.run} ({task}, {cfg.img_size}x{cfg.img_size}), {args.draws} group elements per batch")
     print("| tol | cold nfe (A^T y / default init) | warm nfe (T_g x_hat) | ratio |")
     print("|---|---|---|---|")
     for tol in [float(t) for t in args.tols.split(",")]:

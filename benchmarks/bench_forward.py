@@ -30,7 +30,16 @@ import warnings
 
 import torch
 
-from common import build_problem, describe, markdown_table, median, parse_args, repeat, spread, timed
+from common import (
+    build_problem,
+    describe,
+    markdown_table,
+    median,
+    parse_args,
+    repeat,
+    spread,
+    timed,
+)
 
 
 def our_models(pb, max_iter: int, tol: float) -> dict:
@@ -109,11 +118,22 @@ def bookkeeping(pb, repeats: int, n_iter: int = 40) -> list:
     physics = dinv.physics.Denoising(device=pb.device)
     y = pb.x0()
     models = {
-        "ours fixed_point": DEQ(denoiser=Half(), stepsize=0.5, solver="fixed_point", max_iter=n_iter, tol=0.0),
-        "ours anderson": DEQ(denoiser=Half(), stepsize=0.5, solver="anderson", max_iter=n_iter, tol=0.0),
-        "deepinv fixed-point": deepinv_pgd(Half(), 0.5, 0.05, n_iter, 1e-4, False, early_stop=False),
+        "ours fixed_point": DEQ(
+            denoiser=Half(), stepsize=0.5, solver="fixed_point", max_iter=n_iter, tol=0.0
+        ),
+        "ours anderson": DEQ(
+            denoiser=Half(), stepsize=0.5, solver="anderson", max_iter=n_iter, tol=0.0
+        ),
+        "deepinv fixed-point": deepinv_pgd(
+            Half(), 0.5, 0.05, n_iter, 1e-4, False, early_stop=False
+        ),
         "deepinv anderson (m=5)": deepinv_pgd(
-            Half(), 0.5, 0.05, n_iter, 1e-4, AndersonAccelerationConfig(history_size=5, beta=1.0, eps=1e-4),
+            Half(),
+            0.5,
+            0.05,
+            n_iter,
+            1e-4,
+            AndersonAccelerationConfig(history_size=5, beta=1.0, eps=1e-4),
             early_stop=False,
         ),
     }
@@ -158,7 +178,10 @@ def main():
         _, t_map = repeat(lambda: fmap(x0), pb.device, repeats=max(10, 3 * args.repeats), warmup=3)
     t_one = median(t_map)
 
-    models = {**our_models(pb, args.max_iter, args.tol), **deepinv_models(pb, args.max_iter, args.tol)}
+    models = {
+        **our_models(pb, args.max_iter, args.tol),
+        **deepinv_models(pb, args.max_iter, args.tol),
+    }
     # round robin: every repetition runs every model once, so that all models see the same
     # (varying) load of the shared machine; the map is re-timed right before each solve
     solve_times = {name: [] for name in models}
@@ -208,9 +231,13 @@ def main():
         ("ours anderson", "deepinv anderson (m=5, beta=1, eps=1e-4), thres_conv=tol/10"),
     ]
     print(describe(args))
-    print(f"one map evaluation: {t_one * 1e3:.1f} ms (spread {spread(t_map):.0%}); tol {args.tol}, max_iter {args.max_iter}")
+    print(
+        f"one map evaluation: {t_one * 1e3:.1f} ms (spread {spread(t_map):.0%}); tol {args.tol}, max_iter {args.max_iter}"
+    )
     all_init = [v for vals in init_norm.values() for v in vals]
-    print(f"initial iterate A^T y (done once per solve by both libraries): {median(all_init):.2f} map evaluations")
+    print(
+        f"initial iterate A^T y (done once per solve by both libraries): {median(all_init):.2f} map evaluations"
+    )
     print()
     print(
         markdown_table(
@@ -229,11 +256,19 @@ def main():
     )
     print()
     for ours, theirs in pairs:
-        print(f"time ratio (in map-evaluation units) {ours} / {theirs}: {times[ours] / times[theirs]:.2f}")
+        print(
+            f"time ratio (in map-evaluation units) {ours} / {theirs}: {times[ours] / times[theirs]:.2f}"
+        )
     print()
-    print("Solver bookkeeping per iteration (near-free map x -> 0.5 (x - 0.5 (x - y)), same shape):")
+    print(
+        "Solver bookkeeping per iteration (near-free map x -> 0.5 (x - 0.5 (x - y)), same shape):"
+    )
     print()
-    print(markdown_table(["loop", "iterations", "us / iteration", "time spread"], bookkeeping(pb, args.repeats)))
+    print(
+        markdown_table(
+            ["loop", "iterations", "us / iteration", "time spread"], bookkeeping(pb, args.repeats)
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,11 @@ def candidates(pb):
     )
     model = model.to(pb.device)
     iterator = model.fixed_point.iterator
-    params, prior, fidelity = model.update_params_fn(0), model.update_prior_fn(0), model.update_data_fidelity_fn(0)
+    params, prior, fidelity = (
+        model.update_params_fn(0),
+        model.update_prior_fn(0),
+        model.update_data_fidelity_fn(0),
+    )
 
     def deepinv_step(x):
         return iterator({"est": (x, x)}, fidelity, prior, params, y, physics)["est"][0]
@@ -64,7 +68,9 @@ def candidates(pb):
         return x - eta * (physics.A_adjoint(physics.A(x) - y) + (x - D(x, s)))
 
     return {
-        "minimal PGD map D(x - eta A^T(Ax - y))": lambda x: D(x - eta * physics.A_adjoint(physics.A(x) - y), s),
+        "minimal PGD map D(x - eta A^T(Ax - y))": lambda x: D(
+            x - eta * physics.A_adjoint(physics.A(x) - y), s
+        ),
         "ours PGDMap": lambda x: ours_pgd(x, y, physics),
         "L2.grad formula (PGD, A^T A x - A^T y)": lambda x: D(x - eta * l2.grad(x, y, physics), s),
         "deepinv PGD iterator (one step)": deepinv_step,
@@ -118,7 +124,10 @@ def round_robin(funcs: dict, device, rounds: int, inner: int, reference: str):
 def main():
     args = parse_args(
         __doc__.splitlines()[0],
-        lambda p: (p.set_defaults(batch_size=4, repeats=15), p.add_argument("--inner", type=int, default=3)),
+        lambda p: (
+            p.set_defaults(batch_size=4, repeats=15),
+            p.add_argument("--inner", type=int, default=3),
+        ),
     )
     warnings.filterwarnings("ignore")
     pb = build_problem(args)
@@ -166,14 +175,23 @@ def main():
         )
     print(
         markdown_table(
-            ["map", "evaluation (ms)", "ratio to minimal PGD", "VJP (ms)", "VJP ratio to minimal PGD"], rows
+            [
+                "map",
+                "evaluation (ms)",
+                "ratio to minimal PGD",
+                "VJP (ms)",
+                "VJP ratio to minimal PGD",
+            ],
+            rows,
         )
     )
     print()
-    print(f"map-cost ratio ours PGDMap / minimal map: {median(f_ratios['ours PGDMap']):.2f} (goal <= 1.10)")
+    print(
+        f"map-cost ratio ours PGDMap / minimal map: {median(f_ratios['ours PGDMap']):.2f} (goal <= 1.10)"
+    )
     print(
         "map-cost ratio ours REDMap / minimal RED map: "
-        f"{median([a / b for a, b in zip(f_times['ours REDMap'], f_times['minimal RED map'])]):.2f}"
+        f"{median([a / b for a, b in zip(f_times['ours REDMap'], f_times['minimal RED map'], strict=True)]):.2f}"
     )
 
 

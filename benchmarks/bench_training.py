@@ -64,13 +64,17 @@ def build_models(pb, tol: float) -> dict:
 
     from bench_forward import deepinv_pgd
 
-    common = dict(denoiser=pb.denoiser, iteration="PGD", stepsize=pb.stepsize, sigma_denoiser=pb.sigma)
+    common = dict(
+        denoiser=pb.denoiser, iteration="PGD", stepsize=pb.stepsize, sigma_denoiser=pb.sigma
+    )
     models = {
         "DEQ implicit": DEQ(**common, max_iter=200, tol=tol, backward="implicit"),
         "DEQ JFB": DEQ(**common, max_iter=200, tol=tol, backward="jfb"),
     }
     for k in (10, 20, 40):
-        models[f"DEQ implicit, {k} fwd iters"] = DEQ(**common, max_iter=k, tol=0.0, backward="implicit")
+        models[f"DEQ implicit, {k} fwd iters"] = DEQ(
+            **common, max_iter=k, tol=0.0, backward="implicit"
+        )
     for k in (10, 20, 40):
         models[f"unrolled PGD K={k}"] = Unrolled(pb.pgd_map(), k)
     models["deepinv DEQ (anderson m=5)"] = deepinv_pgd(
@@ -85,7 +89,9 @@ def build_models(pb, tol: float) -> dict:
 
 
 def main():
-    args = parse_args(__doc__.splitlines()[0], lambda p: p.add_argument("--tol", type=float, default=1e-4))
+    args = parse_args(
+        __doc__.splitlines()[0], lambda p: p.add_argument("--tol", type=float, default=1e-4)
+    )
     warnings.filterwarnings("ignore")
     pb = build_problem(args)
     params = list(pb.denoiser.parameters())
@@ -125,7 +131,9 @@ def main():
     for _ in range(args.repeats):
         for name, model in models.items():
             with torch.no_grad():
-                _, t_maps = repeat(lambda: fmap_module(x0, pb.y, pb.physics), pb.device, repeats=3, warmup=0)
+                _, t_maps = repeat(
+                    lambda: fmap_module(x0, pb.y, pb.physics), pb.device, repeats=3, warmup=0
+                )
             _, t = timed(make_step(model), pb.device)
             times[name].append(t)
             norm[name].append(t / median(t_maps))

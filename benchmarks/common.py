@@ -45,9 +45,21 @@ def parse_args(description: str, extra=None) -> argparse.Namespace:
     p.add_argument("--img-size", type=int, default=64)
     p.add_argument("--angles", type=int, default=30, help="number of CT views (sparse view)")
     p.add_argument("--rho", type=float, default=0.9, help="denoiser contraction factor")
-    p.add_argument("--branch-lip", type=float, default=0.05, help="Lipschitz constant of the DnCNN residual branch")
-    p.add_argument("--repeats", type=int, default=5, help="timed repetitions (the median is reported)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: less noise on a shared machine)")
+    p.add_argument(
+        "--branch-lip",
+        type=float,
+        default=0.05,
+        help="Lipschitz constant of the DnCNN residual branch",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=5, help="timed repetitions (the median is reported)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: less noise on a shared machine)",
+    )
     p.add_argument("--seed", type=int, default=0)
     if extra is not None:
         extra(p)
@@ -126,7 +138,9 @@ class Problem:
         r"""Our :class:`deepinv_deq.maps.PGDMap` on this problem."""
         from deepinv_deq.maps import PGDMap
 
-        return PGDMap(self.denoiser, stepsize=self.stepsize, sigma_denoiser=self.sigma).to(self.device)
+        return PGDMap(self.denoiser, stepsize=self.stepsize, sigma_denoiser=self.sigma).to(
+            self.device
+        )
 
     def x0(self) -> torch.Tensor:
         r"""The common initial iterate :math:`A^\top y`."""
@@ -146,7 +160,9 @@ def build_problem(args: argparse.Namespace) -> Problem:
         physics = dinv.physics.Tomography(
             angles=args.angles, img_width=args.img_size, circle=False, normalize=True, device=device
         )
-        data = dinv.utils.RandomPhantomDataset(length=args.batch_size, size=args.img_size, n_data=1, use_dict_output=True)
+        data = dinv.utils.RandomPhantomDataset(
+            length=args.batch_size, size=args.img_size, n_data=1, use_dict_output=True
+        )
         x = torch.stack([data[i]["x"] for i in range(args.batch_size)]).to(device)
     with torch.no_grad():
         y = physics.A(x)

@@ -25,7 +25,9 @@ __all__ = ["ContractiveDenoiser", "residual_cnn"]
 _LAST_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
 
 
-def residual_cnn(in_channels: int = 1, depth: int = 5, width: int = 16, bias: bool = True) -> torch.nn.Module:
+def residual_cnn(
+    in_channels: int = 1, depth: int = 5, width: int = 16, bias: bool = True
+) -> torch.nn.Module:
     r"""A plain convolutional network :math:`R` (no skip connection), the residual branch of a
     :class:`ContractiveDenoiser`: ``depth`` 3x3 convolutions with ``width`` features and ReLU in
     between (the DnCNN layout without its internal skip connection and batch normalisation).
@@ -104,7 +106,9 @@ class ContractiveDenoiser(torch.nn.Module):
         width: int = 16,
     ):
         super().__init__()
-        self.epsilon = check_float("ContractiveDenoiser", "epsilon", epsilon, 0.0, 1.0, strict_min=True)
+        self.epsilon = check_float(
+            "ContractiveDenoiser", "epsilon", epsilon, 0.0, 1.0, strict_min=True
+        )
         if residual is None:
             residual = residual_cnn(in_channels=in_channels, depth=depth, width=width)
         elif not isinstance(residual, torch.nn.Module):

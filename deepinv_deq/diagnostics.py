@@ -38,7 +38,9 @@ def _batches(data) -> Iterable[Tensor]:
     if isinstance(data, Tensor):
         yield data
         return
-    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(
+        data, torch.utils.data.IterableDataset
+    ):
         dataset = data
         data = (dataset[i] for i in range(len(dataset)))
         single = True
@@ -50,7 +52,9 @@ def _batches(data) -> Iterable[Tensor]:
         elif isinstance(item, dict):
             item = item["x"]
         if not isinstance(item, Tensor):
-            raise ValueError(f"equivariance: the data must yield tensors, got {type(item).__name__}.")
+            raise ValueError(
+                f"equivariance: the data must yield tensors, got {type(item).__name__}."
+            )
         yield item.unsqueeze(0) if single else item
 
 
@@ -61,7 +65,9 @@ def _transform_pair(transform, x: Tensor):
         return lambda t: transform.transform(t, **params)
     if callable(transform):
         return transform
-    raise ValueError(f"equivariance: 'transform' must be a deepinv Transform or a callable, got {transform!r}.")
+    raise ValueError(
+        f"equivariance: 'transform' must be a deepinv Transform or a callable, got {transform!r}."
+    )
 
 
 def _per_sample_sq(t: Tensor) -> Tensor:
@@ -117,7 +123,9 @@ def operator_equivariance_error(
     return total / count
 
 
-def equivariance_error(model, physics, transform, data, n_draws: int = 4, apply_noise: bool = False) -> Tensor:
+def equivariance_error(
+    model, physics, transform, data, n_draws: int = 4, apply_noise: bool = False
+) -> Tensor:
     r"""Equivariance error of a reconstructor :math:`f` for the measurement model :math:`A`.
 
     .. math::
@@ -152,10 +160,14 @@ def equivariance_error(model, physics, transform, data, n_draws: int = 4, apply_
     True
     """
     measure = physics if apply_noise else physics.A
-    return operator_equivariance_error(lambda x: model(measure(x), physics), transform, data, n_draws)
+    return operator_equivariance_error(
+        lambda x: model(measure(x), physics), transform, data, n_draws
+    )
 
 
-def jacobian_asymmetry(operator: Callable[[Tensor], Tensor], x: Tensor, n_probes: int = 8, generator=None) -> Tensor:
+def jacobian_asymmetry(
+    operator: Callable[[Tensor], Tensor], x: Tensor, n_probes: int = 8, generator=None
+) -> Tensor:
     r"""Relative asymmetry of the Jacobian of an operator, estimated with random probes.
 
     .. math::
@@ -207,7 +219,13 @@ def jacobian_asymmetry(operator: Callable[[Tensor], Tensor], x: Tensor, n_probes
 
 
 def invariant_prior_test(
-    denoiser, transform, data, sigma: float | None = None, n_draws: int = 4, n_probes: int = 8, generator=None
+    denoiser,
+    transform,
+    data,
+    sigma: float | None = None,
+    n_draws: int = 4,
+    n_probes: int = 8,
+    generator=None,
 ) -> dict:
     r"""Does a learned denoiser behave as the proximal operator of a :math:`G`-invariant prior?
 
@@ -247,7 +265,9 @@ def invariant_prior_test(
     if isinstance(denoiser, DEQ):
         fmap = denoiser.map
         if not hasattr(fmap, "denoiser"):
-            raise ValueError("invariant_prior_test: the DEQ's map has no denoiser (a callable iteration).")
+            raise ValueError(
+                "invariant_prior_test: the DEQ's map has no denoiser (a callable iteration)."
+            )
         if sigma is None:
             sigma = float(fmap.sigma_denoiser)
         denoiser = fmap.denoiser
@@ -267,5 +287,7 @@ def invariant_prior_test(
     if not noisy:
         raise ValueError("invariant_prior_test: 'data' is empty.")
     eq = operator_equivariance_error(D, transform, noisy, n_draws=n_draws)
-    asym = torch.cat([jacobian_asymmetry(D, z, n_probes=n_probes, generator=generator) for z in noisy])
+    asym = torch.cat(
+        [jacobian_asymmetry(D, z, n_probes=n_probes, generator=generator) for z in noisy]
+    )
     return {"equivariance_error": float(eq), "jacobian_asymmetry": float(asym.mean())}

@@ -125,7 +125,9 @@ class _WithTransform:
         return getattr(self._loss, name)
 
 
-def _warm_ei_forward(deepinv_forward, loss: EILoss, x_net: Tensor, physics, model, **kwargs) -> Tensor:
+def _warm_ei_forward(
+    deepinv_forward, loss: EILoss, x_net: Tensor, physics, model, **kwargs
+) -> Tensor:
     # deepinv's own forward (EILoss.forward or MOEILoss.forward), with T_g x_hat recorded and the
     # model's solve started there.
     recorder = _RecordingTransform(loss.T)

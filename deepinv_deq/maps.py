@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ._validation import check_choice, check_float
 
+
 class FixedPointMap(torch.nn.Module):
     r"""Base class of the fixed-point maps :math:`F(x; y, A)`.
 

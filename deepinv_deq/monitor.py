@@ -191,9 +191,15 @@ class DEQMonitor:
         if callback is not None and not callable(callback):
             raise ValueError(f"DEQMonitor: 'callback' must be callable, got {callback!r}.")
         self.max_history = check_int("DEQMonitor", "max_history", max_history, 1)
-        self.spectral_radius_every = check_int("DEQMonitor", "spectral_radius_every", spectral_radius_every, 0)
-        self.spectral_radius_iter = check_int("DEQMonitor", "spectral_radius_iter", spectral_radius_iter, 1)
-        self.spectral_radius_tol = check_float("DEQMonitor", "spectral_radius_tol", spectral_radius_tol, 0.0)
+        self.spectral_radius_every = check_int(
+            "DEQMonitor", "spectral_radius_every", spectral_radius_every, 0
+        )
+        self.spectral_radius_iter = check_int(
+            "DEQMonitor", "spectral_radius_iter", spectral_radius_iter, 1
+        )
+        self.spectral_radius_tol = check_float(
+            "DEQMonitor", "spectral_radius_tol", spectral_radius_tol, 0.0
+        )
         #: every estimate of the spectral radius: ``(metric evaluation index, per-sample tensor)``
         self.spectral_radii: list = []
         self._rho_calls = 0
@@ -215,7 +221,9 @@ class DEQMonitor:
         from .deq import DEQ
 
         if not isinstance(model, DEQ):
-            raise ValueError(f"DEQMonitor: can only monitor a deepinv_deq.DEQ, got {type(model).__name__}.")
+            raise ValueError(
+                f"DEQMonitor: can only monitor a deepinv_deq.DEQ, got {type(model).__name__}."
+            )
         if self.model is not None:
             if self.model is model:
                 return self
@@ -242,13 +250,17 @@ class DEQMonitor:
             ``metric(x_net=..., model=..., y=..., physics=...)`` and returning a tensor of shape ``(1,)``.
         """
         if quantities is None:
-            quantities = [q for q in QUANTITIES if q != "spectral_radius" or self.spectral_radius_every > 0]
+            quantities = [
+                q for q in QUANTITIES if q != "spectral_radius" or self.spectral_radius_every > 0
+            ]
         if isinstance(quantities, str):
             quantities = (quantities,)
         out = []
         for q in quantities:
             if q not in QUANTITIES:
-                raise ValueError(f"DEQMonitor: unknown quantity {q!r}; valid: {sorted(QUANTITIES)}.")
+                raise ValueError(
+                    f"DEQMonitor: unknown quantity {q!r}; valid: {sorted(QUANTITIES)}."
+                )
             if q == "spectral_radius" and self.spectral_radius_every == 0:
                 raise ValueError(
                     "DEQMonitor: the 'spectral_radius' metric needs spectral_radius_every > 0 "
@@ -267,7 +279,9 @@ class DEQMonitor:
             for q in QUANTITIES
             if q != "spectral_radius"
         }
-        out["spectral_radius"] = float(self.spectral_radii[-1][1].max()) if self.spectral_radii else float("nan")
+        out["spectral_radius"] = (
+            float(self.spectral_radii[-1][1].max()) if self.spectral_radii else float("nan")
+        )
         return out
 
     # -- spectral radius ----------------------------------------------------------------------

@@ -111,7 +111,15 @@ def spectral_radius(
 
 
 def _power_iteration(
-    fmap, x_star: Tensor, y, physics, n_iter: int, tol: float, mode: str = "radius", generator=None, init=None
+    fmap,
+    x_star: Tensor,
+    y,
+    physics,
+    n_iter: int,
+    tol: float,
+    mode: str = "radius",
+    generator=None,
+    init=None,
 ):
     r"""The power iteration of :func:`spectral_radius` on a map, without option checks.
 
@@ -211,12 +219,22 @@ def spectral_normalize(denoiser: torch.nn.Module, n_power_iterations: int = 1) -
     from torch.nn.utils.parametrizations import spectral_norm
 
     if not isinstance(denoiser, torch.nn.Module):
-        raise ValueError(f"spectral_normalize: 'denoiser' must be a torch.nn.Module, got {type(denoiser).__name__}.")
-    n_power_iterations = check_int("spectral_normalize", "n_power_iterations", n_power_iterations, 1)
+        raise ValueError(
+            f"spectral_normalize: 'denoiser' must be a torch.nn.Module, got {type(denoiser).__name__}."
+        )
+    n_power_iterations = check_int(
+        "spectral_normalize", "n_power_iterations", n_power_iterations, 1
+    )
     layers = [m for m in denoiser.modules() if isinstance(m, _LAYERS)]
     for m in layers:
         if parametrize.is_parametrized(m, "weight"):
             continue
-        dim = 1 if isinstance(m, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)) else None
+        dim = (
+            1
+            if isinstance(
+                m, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+            )
+            else None
+        )
         spectral_norm(m, n_power_iterations=n_power_iterations, dim=dim)
     return denoiser

@@ -126,7 +126,9 @@ def test_anderson_least_squares_stays_finite_for_low_precision_iterates(device):
     # iterates in low precision: the small least-squares system is still solved in float32
     dtype = amp_dtype(device)
     b = torch.randn(3, 64, device=device).to(dtype)
-    res = AndersonAcceleration(max_iter=30, tol=1e-2)(lambda x: (0.5 * x + b).to(dtype), torch.zeros_like(b))
+    res = AndersonAcceleration(max_iter=30, tol=1e-2)(
+        lambda x: (0.5 * x + b).to(dtype), torch.zeros_like(b)
+    )
     assert res.x.dtype == dtype
     assert res.stats.status_names() == ["CONVERGED"] * 3
     assert torch.isfinite(res.fx.float()).all()
@@ -142,7 +144,10 @@ def _loss_pairs(warm_start):
         return torch.Generator().manual_seed(1)
 
     return {
-        "ei": (dinv.loss.EILoss(shift(), apply_noise=False), DEQEILoss(shift(), apply_noise=False, warm_start=warm_start)),
+        "ei": (
+            dinv.loss.EILoss(shift(), apply_noise=False),
+            DEQEILoss(shift(), apply_noise=False, warm_start=warm_start),
+        ),
         "sure": (
             dinv.loss.SureGaussianLoss(sigma=0.05, tau=1e-2, rng=gen()),
             DEQSureGaussianLoss(sigma=0.05, tau=1e-2, rng=gen(), warm_start=warm_start),
@@ -162,7 +167,9 @@ def test_adapters_work_under_autocast_as_deepinv_losses(device, name, warm_start
     x = torch.rand(2, 1, 16, 16, device=device)
     y = physics(x)
     den = SmallDenoiser(skip=False).to(device)
-    model = DEQ(denoiser=den, stepsize=1.0, max_iter=60, tol=1e-2, backward_max_iter=60, backward_tol=1e-2)
+    model = DEQ(
+        denoiser=den, stepsize=1.0, max_iter=60, tol=1e-2, backward_max_iter=60, backward_tol=1e-2
+    )
     results = []
     for loss in _loss_pairs(warm_start)[name]:
         den.zero_grad()

@@ -37,8 +37,12 @@ def test_custom_residual_with_sigma_and_zero_init_off():
 def test_pgd_map_is_contractive_at_init_on_ct():
     torch.manual_seed(0)
     physics = dinv.physics.Tomography(angles=6, img_width=16, normalize=True)
-    model = DEQ(denoiser=ContractiveDenoiser(epsilon=0.1, depth=3, width=4), stepsize=1.0,
-                max_iter=200, tol=1e-5)
+    model = DEQ(
+        denoiser=ContractiveDenoiser(epsilon=0.1, depth=3, width=4),
+        stepsize=1.0,
+        max_iter=200,
+        tol=1e-5,
+    )
     x = torch.rand(2, 1, 16, 16)
     with torch.no_grad():
         x_hat = model(physics(x), physics)
@@ -48,15 +52,28 @@ def test_pgd_map_is_contractive_at_init_on_ct():
     assert torch.allclose(rho, torch.full_like(rho, 0.9), atol=5e-3)
 
 
-@pytest.mark.parametrize("kwargs", [dict(epsilon=0.0), dict(epsilon=1.5), dict(residual="net"),
-                                    dict(depth=1), dict(residual=torch.nn.ReLU())])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(epsilon=0.0),
+        dict(epsilon=1.5),
+        dict(residual="net"),
+        dict(depth=1),
+        dict(residual=torch.nn.ReLU()),
+    ],
+)
 def test_bad_options_raise(kwargs):
     with pytest.raises(ValueError):
         ContractiveDenoiser(**kwargs)
 
 
 def test_residual_cnn_shape():
-    assert residual_cnn(in_channels=2, depth=2, width=3)(torch.rand(1, 2, 5, 5)).shape == (1, 2, 5, 5)
+    assert residual_cnn(in_channels=2, depth=2, width=3)(torch.rand(1, 2, 5, 5)).shape == (
+        1,
+        2,
+        5,
+        5,
+    )
 
 
 def test_spectral_normalisation_of_hidden_layers_keeps_the_contractive_start():

@@ -25,7 +25,12 @@ def rotations():
 
 def symmetric_conv(x):
     # circular convolution with a kernel invariant to 90-degree rotations: equivariant, J = J^T
-    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, 4.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype, device=x.device) / 8
+    k = (
+        torch.tensor(
+            [[0.0, 1.0, 0.0], [1.0, 4.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype, device=x.device
+        )
+        / 8
+    )
     xp = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="circular")
     return torch.nn.functional.conv2d(xp, k.reshape(1, 1, 3, 3))
 
@@ -62,7 +67,9 @@ def test_equivariance_error_of_reconstructors():
     adjoint = lambda y, physics: physics.A_adjoint(y)
     T = lambda t: torch.rot90(t, 1, dims=(-2, -1))
     err = equivariance_error(adjoint, inpainting, T, x, n_draws=1)
-    expected = ((mask * T(x) - T(mask * x)).pow(2).sum((1, 2, 3)) / T(mask * x).pow(2).sum((1, 2, 3))).mean()
+    expected = (
+        (mask * T(x) - T(mask * x)).pow(2).sum((1, 2, 3)) / T(mask * x).pow(2).sum((1, 2, 3))
+    ).mean()
     assert torch.allclose(err, expected)
 
 
@@ -90,7 +97,9 @@ def test_jacobian_asymmetry_known_answers(device, dtype64):
     assert torch.all(jacobian_asymmetry(grad_convex, x) < 1e-10)
     # a cyclic shift is a permutation with no symmetric pair: ||P - P^T||_F / ||P||_F = sqrt(2)
     shift = lambda t: torch.roll(t, 1, dims=-1)
-    est = jacobian_asymmetry(shift, x, n_probes=200, generator=torch.Generator(device=device).manual_seed(0))
+    est = jacobian_asymmetry(
+        shift, x, n_probes=200, generator=torch.Generator(device=device).manual_seed(0)
+    )
     assert torch.allclose(est, torch.full_like(est, math.sqrt(2)), rtol=0.05)
 
 
@@ -111,10 +120,14 @@ def test_invariant_prior_test_on_deq_denoisers():
     for name, D in (("prox", prox_like), ("shift", shift_denoiser), ("ramp", ramp_denoiser)):
         model = DEQ(denoiser=D, sigma_denoiser=0.1)
         scores[name] = invariant_prior_test(model, shifts, x, n_draws=4, n_probes=64)
-    assert scores["prox"]["equivariance_error"] < 1e-12 and scores["prox"]["jacobian_asymmetry"] < 1e-6
+    assert (
+        scores["prox"]["equivariance_error"] < 1e-12 and scores["prox"]["jacobian_asymmetry"] < 1e-6
+    )
     assert scores["shift"]["equivariance_error"] < 1e-12
     assert scores["shift"]["jacobian_asymmetry"] == pytest.approx(math.sqrt(2), rel=0.1)
-    assert scores["ramp"]["equivariance_error"] > 1e-2 and scores["ramp"]["jacobian_asymmetry"] < 1e-6
+    assert (
+        scores["ramp"]["equivariance_error"] > 1e-2 and scores["ramp"]["jacobian_asymmetry"] < 1e-6
+    )
 
 
 def test_diagnostics_errors():

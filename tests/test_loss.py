@@ -59,7 +59,9 @@ class LinearRecon(torch.nn.Module):
 
 def tomography(dtype=torch.float32, sigma=0.0):
     noise = dinv.physics.GaussianNoise(sigma) if sigma else dinv.physics.ZeroNoise()
-    return dinv.physics.Tomography(angles=6, img_width=N, normalize=True, dtype=dtype, noise_model=noise)
+    return dinv.physics.Tomography(
+        angles=6, img_width=N, normalize=True, dtype=dtype, noise_model=noise
+    )
 
 
 def tight_deq(**kw):
@@ -132,8 +134,11 @@ class RecordingDEQ(DEQ):
 def _pairs(physics, warm_start=True):
     # every loss gets its own generators, seeded alike, so both members of a pair draw the same g
     w = dict(warm_start=warm_start)
+
     def rot():
-        return dinv.transform.Rotate(multiples=90, positive=True, rng=torch.Generator().manual_seed(0))
+        return dinv.transform.Rotate(
+            multiples=90, positive=True, rng=torch.Generator().manual_seed(0)
+        )
 
     def shift():
         return dinv.transform.Shift(rng=torch.Generator().manual_seed(0))
@@ -217,7 +222,9 @@ def test_ei_warm_start_solves_at_once_for_an_equivariant_consistent_model():
     physics = dinv.physics.Denoising(dinv.physics.ZeroNoise())
     project = lambda x, sigma: x - x.mean(dim=(-2, -1), keepdim=True)
     zeros = lambda y, physics: torch.zeros_like(y)
-    model = DEQ(denoiser=project, stepsize=0.5, max_iter=100, tol=1e-6, solver="fixed_point", init=zeros)
+    model = DEQ(
+        denoiser=project, stepsize=0.5, max_iter=100, tol=1e-6, solver="fixed_point", init=zeros
+    )
     y = images()
     x_net = model(y, physics)
     nfe = {}
@@ -235,7 +242,10 @@ def test_sure_perturbed_solve_starts_at_reconstruction():
     model = DEQ(denoiser=Denoiser(), stepsize=0.9, max_iter=100, tol=1e-5, solver="fixed_point")
     x_net = model(y, physics)
     nfe = {}
-    for name, cls in (("cold", dinv.loss.SureGaussianLoss), ("warm", partial(DEQSureGaussianLoss, warm_start=True))):
+    for name, cls in (
+        ("cold", dinv.loss.SureGaussianLoss),
+        ("warm", partial(DEQSureGaussianLoss, warm_start=True)),
+    ):
         loss = cls(sigma=0.05, tau=1e-3, rng=torch.Generator().manual_seed(0))
         loss(y=y, x_net=x_net, physics=physics, model=model)
         nfe[name] = model.forward_stats.nfe
@@ -268,7 +278,11 @@ def test_warm_and_cold_ei_differ_when_the_fixed_point_is_not_unique():
 
 @pytest.mark.parametrize("cls", [DEQEILoss, DEQMOEILoss, DEQSureGaussianLoss])
 def test_warm_start_option_is_validated(cls):
-    args = {DEQEILoss: (rot90,), DEQMOEILoss: (rot90, [dinv.physics.Denoising()]), DEQSureGaussianLoss: (0.1,)}
+    args = {
+        DEQEILoss: (rot90,),
+        DEQMOEILoss: (rot90, [dinv.physics.Denoising()]),
+        DEQSureGaussianLoss: (0.1,),
+    }
     with pytest.raises(ValueError, match="warm_start"):
         cls(*args[cls], warm_start="yes")
 
@@ -337,8 +351,14 @@ def test_jacobian_norm_with_hqs_on_least_squares_prox(dtype64):
     assert torch.allclose(physics["cg"].A(x), physics["closed_form"].A(x), rtol=1e-12)
     y = physics["closed_form"](x)
     torch.manual_seed(1)
-    model = DEQ(denoiser=Denoiser(), iteration="HQS", stepsize=0.5, trainable_params=("stepsize",),
-                max_iter=100, tol=1e-10)
+    model = DEQ(
+        denoiser=Denoiser(),
+        iteration="HQS",
+        stepsize=0.5,
+        trainable_params=("stepsize",),
+        max_iter=100,
+        tol=1e-10,
+    )
     x_net = model(y, physics["closed_form"])
     assert model.forward_stats.all_converged
 

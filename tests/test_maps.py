@@ -98,7 +98,9 @@ def test_one_forward_and_one_adjoint_on_tomography():
         physics = dinv.physics.Tomography(angles=6, img_width=16, circle=False, normalize=True)
     x = torch.rand(2, 1, 16, 16)
     y = physics.A(x)
-    physics.A_adjoint(y)  # deepinv builds its exact adjoint (with one A) on the first call per shape
+    physics.A_adjoint(
+        y
+    )  # deepinv builds its exact adjoint (with one A) on the first call per shape
     counts = counting(physics)
     F = PGDMap(dinv.models.MedianFilter(), stepsize=1.0)
     out = F(x, y, physics)
@@ -138,7 +140,7 @@ def test_gradients_exact(kind, dtype64):
     got = torch.autograd.grad((F(x, y, physics) * w).sum(), params)
     ref_out = reference_map(kind, x, y, physics.M, F.stepsize, 0.6, D)
     want = torch.autograd.grad((ref_out * w).sum(), params)
-    for g, r in zip(got, want):
+    for g, r in zip(got, want, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
 
 

@@ -104,7 +104,9 @@ def test_spectral_normalize_constrains_every_layer():
         assert parametrize.is_parametrized(m, "weight")
     assert abs(torch.linalg.matrix_norm(conv.weight.reshape(6, -1), ord=2) - 1) < 1e-3
     # transposed convolution: the output-channel dimension is 1
-    assert abs(torch.linalg.matrix_norm(convt.weight.transpose(0, 1).reshape(4, -1), ord=2) - 1) < 1e-3
+    assert (
+        abs(torch.linalg.matrix_norm(convt.weight.transpose(0, 1).reshape(4, -1), ord=2) - 1) < 1e-3
+    )
     assert abs(torch.linalg.matrix_norm(lin.weight, ord=2) - 1) < 1e-3
     # idempotent: a second call does not stack a second normalisation
     spectral_normalize(net)
@@ -136,15 +138,25 @@ def test_norm_mode_through_a_least_squares_prox_matches_the_closed_form(dtype64)
     x = torch.rand(2, 1, 8, 8)
     y = closed(x)
     est = {
-        name: spectral_radius(model, y, p, x_star=x, mode="norm", n_iter=20, tol=0.0,
-                              generator=torch.Generator().manual_seed(0))
+        name: spectral_radius(
+            model,
+            y,
+            p,
+            x_star=x,
+            mode="norm",
+            n_iter=20,
+            tol=0.0,
+            generator=torch.Generator().manual_seed(0),
+        )
         for name, p in (("cg", cg), ("closed", closed))
     }
     assert (est["closed"] > 0.5).all()
     assert torch.allclose(est["cg"], est["closed"], rtol=1e-6)  # same iterates, same estimate
     # a plain function through the same solver: a clear error, not a zero
     with pytest.raises(RuntimeError, match="not differentiable"):
-        spectral_radius(lambda x_, y_, p_: model.map(x_, y_, p_), y, cg, x_star=x, mode="norm", n_iter=3)
+        spectral_radius(
+            lambda x_, y_, p_: model.map(x_, y_, p_), y, cg, x_star=x, mode="norm", n_iter=3
+        )
 
 
 def test_vjp_and_jvp_refuses_a_once_differentiable_function():

@@ -32,8 +32,12 @@ class SmallDenoiser(torch.nn.Module):
         super().__init__()
         self.a = torch.nn.Parameter(torch.tensor(0.3))
         self.b = torch.nn.Parameter(torch.tensor(0.4))
-        self.conv1 = torch.nn.Conv2d(channels, features, 3, padding=1, padding_mode="circular", bias=False)
-        self.conv2 = torch.nn.Conv2d(features, channels, 3, padding=1, padding_mode="circular", bias=False)
+        self.conv1 = torch.nn.Conv2d(
+            channels, features, 3, padding=1, padding_mode="circular", bias=False
+        )
+        self.conv2 = torch.nn.Conv2d(
+            features, channels, 3, padding=1, padding_mode="circular", bias=False
+        )
         with torch.no_grad():
             for conv in (self.conv1, self.conv2):
                 conv.weight.mul_(scale / conv.weight.abs().sum(dim=(1, 2, 3), keepdim=True))
@@ -62,7 +66,11 @@ class Images(torch.utils.data.Dataset):
 
 def tomography(device):
     return dinv.physics.Tomography(
-        angles=6, img_width=N, normalize=True, noise_model=dinv.physics.GaussianNoise(SIGMA), device=device
+        angles=6,
+        img_width=N,
+        normalize=True,
+        noise_model=dinv.physics.GaussianNoise(SIGMA),
+        device=device,
     )
 
 
@@ -71,7 +79,9 @@ def mri(device):
         img_size=(N, N), acceleration=2, rng=torch.Generator().manual_seed(0)
     )
     mask = gen.step(batch_size=1)["mask"].to(device)
-    return dinv.physics.MRI(mask=mask, img_size=(N, N), noise_model=dinv.physics.GaussianNoise(SIGMA), device=device)
+    return dinv.physics.MRI(
+        mask=mask, img_size=(N, N), noise_model=dinv.physics.GaussianNoise(SIGMA), device=device
+    )
 
 
 def make_model(channels, device):
@@ -109,13 +119,13 @@ def train(model, physics, losses, channels, device, epochs=6, lr=2e-2, **kwargs)
 
 def total_loss_per_epoch(trainer):
     hist = list(trainer.loss_history.values())
-    return [sum(v) for v in zip(*hist)]
+    return [sum(v) for v in zip(*hist, strict=True)]
 
 
 def train_metric_logs(trainer):
     """The Trainer's running averages of its training metrics (the progress-bar values)."""
     prefix = "Training metric "
-    return {m.name[len(prefix):]: m.avg for m in trainer.logs_metrics_train}
+    return {m.name[len(prefix) :]: m.avg for m in trainer.logs_metrics_train}
 
 
 def loss_set(name, physics):
@@ -131,7 +141,12 @@ def loss_set(name, physics):
     if name == "ei_reflect":
         return [dinv.loss.MCLoss(), dinv.loss.EILoss(dinv.transform.Reflect(dim=[-1]))]
     if name == "moei":
-        ops = [physics, tomography(physics.angles.device) if isinstance(physics, dinv.physics.Tomography) else physics]
+        ops = [
+            physics,
+            tomography(physics.angles.device)
+            if isinstance(physics, dinv.physics.Tomography)
+            else physics,
+        ]
         return [dinv.loss.MCLoss(), dinv.loss.MOEILoss(rot, physics=ops)]
     if name == "robust_ei":
         return [dinv.loss.SureGaussianLoss(sigma=SIGMA), dinv.loss.EILoss(rot)]
@@ -151,7 +166,9 @@ def _assert_decreases(trainer):
     assert min(totals[-2:]) < totals[0], totals
 
 
-@pytest.mark.parametrize("losses", ["sup", "mc", "ei_rotate", "ei_shift", "ei_reflect", "moei", "robust_ei"])
+@pytest.mark.parametrize(
+    "losses", ["sup", "mc", "ei_rotate", "ei_shift", "ei_reflect", "moei", "robust_ei"]
+)
 def test_trainer_tomography_deepinv_losses(losses, device):
     torch.manual_seed(0)
     physics = tomography(device)
@@ -205,7 +222,13 @@ def test_monitor_reports_solver_statistics_in_trainer_logs():
         metrics=[dinv.metric.PSNR(), *monitor.metrics()],
     )
     logged = train_metric_logs(trainer)  # what the progress bar shows for the last epoch
-    assert {"DEQForwardNFE", "DEQForwardResidual", "DEQBackwardNFE", "DEQBackwardResidual", "DEQNotConverged"} <= set(logged)
+    assert {
+        "DEQForwardNFE",
+        "DEQForwardResidual",
+        "DEQBackwardNFE",
+        "DEQBackwardResidual",
+        "DEQNotConverged",
+    } <= set(logged)
     # one training step = reconstruction + EI solve (two forward records), and two backward solves
     kinds = [r.kind for r in seen]
     assert kinds.count("forward") == 2 * 2 and kinds.count("backward") == 2 * 2
@@ -214,7 +237,9 @@ def test_monitor_reports_solver_statistics_in_trainer_logs():
     bwd = [r.stats for r in last_step if r.kind == "backward"]
     assert logged["DEQForwardNFE"] == pytest.approx(sum(fwd) / 2)
     assert logged["DEQBackwardNFE"] == pytest.approx(sum(s.nfe for s in bwd) / 2)
-    assert logged["DEQBackwardResidual"] == pytest.approx(max(float(s.residual.max()) for s in bwd), rel=1e-6)
+    assert logged["DEQBackwardResidual"] == pytest.approx(
+        max(float(s.residual.max()) for s in bwd), rel=1e-6
+    )
     assert 0 < logged["DEQBackwardResidual"] <= 1e-6  # the backward tolerance was reached
     assert logged["DEQNotConverged"] == 0.0
 
@@ -225,7 +250,9 @@ def test_monitor_flags_non_convergence_in_trainer_logs():
     physics = tomography("cpu")
     model = DEQ(denoiser=SmallDenoiser(1), stepsize=0.9, max_iter=2, tol=1e-12, backward="jfb")
     monitor = DEQMonitor()  # attaches to the model it is given by the Trainer
-    trainer = train(model, physics, [dinv.loss.MCLoss()], 1, "cpu", epochs=2, metrics=monitor.metrics())
+    trainer = train(
+        model, physics, [dinv.loss.MCLoss()], 1, "cpu", epochs=2, metrics=monitor.metrics()
+    )
     assert monitor.model is model
     logged = train_metric_logs(trainer)
     assert logged["DEQNotConverged"] == 1.0
@@ -237,8 +264,15 @@ def test_checkpoint_save_and_reload_reproduces_outputs(tmp_path, device):
     torch.manual_seed(0)
     physics = tomography(device)
     model = make_model(1, device)
-    trainer = train(
-        model, physics, loss_set("deq_ei", physics), 1, device, epochs=2, save_path=str(tmp_path), ckp_interval=1
+    train(
+        model,
+        physics,
+        loss_set("deq_ei", physics),
+        1,
+        device,
+        epochs=2,
+        save_path=str(tmp_path),
+        ckp_interval=1,
     )
     ckpts = sorted(Path(tmp_path).rglob("ckp_1.pth.tar"))
     assert len(ckpts) == 1
@@ -281,7 +315,9 @@ def test_monitor_metrics_in_trainer_test_with_no_learning_comparison():
     physics = tomography("cpu")
     model = make_model(1, "cpu")
     monitor = DEQMonitor()
-    trainer = train(model, physics, [dinv.loss.MCLoss()], 1, "cpu", epochs=1, metrics=monitor.metrics())
+    trainer = train(
+        model, physics, [dinv.loss.MCLoss()], 1, "cpu", epochs=1, metrics=monitor.metrics()
+    )
     loader = torch.utils.data.DataLoader(Images(channels=1), batch_size=2)
     results = trainer.test(loader, compare_no_learning=True)
     assert monitor.model is model
@@ -296,11 +332,15 @@ def test_monitor_spectral_radius_every_n_steps():
     estimate in between; a model that is not a DEQ gives NaN."""
     torch.manual_seed(0)
     physics = tomography("cpu")
-    model = DEQ(denoiser=ContractiveDenoiser(depth=3, width=4), stepsize=1.0, max_iter=200, tol=1e-6)
+    model = DEQ(
+        denoiser=ContractiveDenoiser(depth=3, width=4), stepsize=1.0, max_iter=200, tol=1e-6
+    )
     y = physics(Images().x)
     with torch.no_grad():
         x_hat = model(y, physics)
-    monitor = DEQMonitor(model, spectral_radius_every=2, spectral_radius_iter=200, spectral_radius_tol=1e-7)
+    monitor = DEQMonitor(
+        model, spectral_radius_every=2, spectral_radius_iter=200, spectral_radius_tol=1e-7
+    )
     (metric,) = monitor.metrics(["spectral_radius"])
     values = [float(metric(x_net=x_hat, model=model, y=y, physics=physics)) for _ in range(3)]
     assert [call for call, _ in monitor.spectral_radii] == [0, 2]
@@ -317,7 +357,9 @@ def test_monitor_spectral_radius_in_trainer_logs_and_options():
     model = make_model(1, "cpu")
     monitor = DEQMonitor(spectral_radius_every=1, spectral_radius_iter=30)
     assert "spectral_radius" in [m.quantity for m in monitor.metrics()]
-    trainer = train(model, physics, [dinv.loss.MCLoss()], 1, "cpu", epochs=2, metrics=monitor.metrics())
+    trainer = train(
+        model, physics, [dinv.loss.MCLoss()], 1, "cpu", epochs=2, metrics=monitor.metrics()
+    )
     logged = train_metric_logs(trainer)
     assert len(monitor.spectral_radii) == 2  # one estimate per training step
     assert 0.0 < logged["DEQSpectralRadius"] < 1.0  # contractive map
