@@ -144,7 +144,7 @@ print(f"training: {-not_converged} of {solves} (sample, solve) pairs did not con
 print(f"test MSE of the measurement y : {((y_test - x_test) ** 2).mean().item():.4f}")
 print(f"test MSE, untrained layer     : {mse_untrained:.4f}")
 print(f"test MSE, trained layer       : {mse_trained:.4f}")
-print(f"test solve: {stats}")
+print(f"test solve: {stats.nfe} iterations, {stats.status_names().count('CONVERGED')}/64 converged")
 
 # %%
 # The trained layer's fixed point is closer to the signals than the measurements are; before
@@ -173,7 +173,7 @@ def flat_grad(z):
 
 with torch.no_grad():
     result = AndersonAcceleration(max_iter=1000, tol=1e-12)(F, y)
-print("forward:", result.stats)
+print(f"forward: {result.stats.nfe} iterations, residual {result.stats.residual.max():.1e}")
 
 x = y.detach()
 for _ in range(1000):
@@ -212,7 +212,7 @@ physics = dinv.physics.LinearPhysics(A=blur, A_adjoint=blur)
 model = DEQ(iteration=layer, max_iter=100, tol=1e-4)
 with torch.no_grad():
     x_hat = model(y_test[:4], physics)
-print("DEQ(iteration=layer):", model.forward_stats)
+print(f"DEQ: {model.forward_stats.status_names().count('CONVERGED')}/4 converged")
 
 window = 20
 smooth = torch.tensor(losses).unfold(0, window, 1).mean(1)

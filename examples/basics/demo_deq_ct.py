@@ -175,4 +175,6 @@ dinv.utils.plot(
 model = models["anderson"]
 with torch.no_grad():
     model(y, physics, init=x_deq)
-print("warm start:", model.forward_stats)
+print(
+    f"warm start: {model.forward_stats.nfe} map evaluation(s), {model.forward_stats.status_names()}"
+)

@@ -112,12 +112,12 @@ model = trainer.train()
 model.eval()
 
 
-summary = monitor.summary()  # over every solve recorded during training
+summary = monitor.summary()  # over every solve recorded during training (tol 1e-4)
 print(f"training: {len(monitor.history)} solves, {summary['not_converged']:.1%} not converged")
 for kind in ("forward", "backward"):
     print(
-        f"  {kind:<8} {summary[kind + '_nfe']:5.1f} iterations on average, "
-        f"largest final residual {summary[kind + '_residual']:.3e} (tol 1e-4)"
+        f"  {kind:<8} {summary[kind + '_nfe']:5.1f} iterations (mean), "
+        f"max final residual {summary[kind + '_residual']:.3e}"
     )
 
 # %%
@@ -139,7 +139,9 @@ rows = [
 ]
 for name, value in rows:
     print(f"{name:<14} {value:6.2f} dB")
-print(f"test solve: {test_stats}")
+print(
+    f"test solve: {test_stats.nfe} iterations, {test_stats.status_names().count('CONVERGED')}/16 converged"
+)
 print(f"spectral radius of J_F: {rho_init:.3f} at initialisation, {rho_trained:.3f} after training")
 
 # %%

@@ -129,7 +129,9 @@ x_zf = physics.A_adjoint(y)
 psnr = dinv.metric.PSNR()
 print(f"zero-filled    {psnr(x_zf, x).mean().item():6.2f} dB")
 print(f"robust EI-DEQ  {psnr(x_hat, x).mean().item():6.2f} dB")
-print(f"test solve: {model.forward_stats}")
+print(
+    f"test solve: {model.forward_stats.nfe} iterations, {model.forward_stats.status_names().count('CONVERGED')}/16 converged"
+)
 
 # %%
 # The DEQ, trained without a single ground-truth image, is above the zero-filled reconstruction,
