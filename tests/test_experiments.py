@@ -285,6 +285,9 @@ def test_paired_difference_and_flattening():
     assert d["hi"] - d["mean"] == pytest.approx(4.303 * 1.0 / 3**0.5, rel=1e-3)
     pinv = dict(seeds=[0], psnr_seeds=[25.0])  # deterministic method: paired with every seed
     assert paired_difference(a, pinv)["diffs"] == [5.0, 6.0, 7.0]
+    a["per_seed"] = [dict(seed=s, equivariance=e) for s, e in zip([0, 1, 2], [0.1, 0.2, 0.3])]
+    b["per_seed"] = [dict(seed=s, equivariance=e) for s, e in zip([0, 1, 2], [0.3, 0.3, 0.3])]
+    assert paired_difference(a, b, "equivariance")["diffs"] == pytest.approx([-0.2, -0.1, 0.0])
     h = dict(val_step=[10, 20, 30, 40, 50], val_psnr=[20.0, 25.0, 27.0, 27.5, 27.6])
     assert flattened(h) == pytest.approx(0.1)  # from step 40 (80 %) to 50
 

@@ -37,14 +37,20 @@ def rows(results: list[dict]) -> list[dict]:
     return [{k: r.get(k) for k in COLUMNS} for r in sorted(results, key=_order)]
 
 
-def paired_difference(a: dict, b: dict) -> dict | None:
-    r"""Paired PSNR difference ``a - b`` over the seeds two runs share (a method that runs once,
+def _per_seed(r: dict, key: str) -> dict:
+    if key == "psnr":
+        return dict(zip(r.get("seeds", []), r.get("psnr_seeds", [])))
+    return {x["seed"]: x[key] for x in r.get("per_seed", []) if x.get(key) is not None}
+
+
+def paired_difference(a: dict, b: dict, key: str = "psnr") -> dict | None:
+    r"""Paired difference ``a - b`` of ``key`` (``"psnr"``: the seeds' mean PSNR; or a per-seed
+    quantity such as ``"equivariance"``) over the seeds two runs share (a method that runs once,
     e.g. the pseudo-inverse, is paired with every seed), with a 95 % Student-t interval.
 
     :return: ``dict(diffs, mean, lo, hi, n)``, or ``None`` if the runs share no seed.
     """
-    sa = dict(zip(a.get("seeds", []), a.get("psnr_seeds", [])))
-    sb = dict(zip(b.get("seeds", []), b.get("psnr_seeds", [])))
+    sa, sb = _per_seed(a, key), _per_seed(b, key)
     if len(sb) == 1 and len(sa) > 1:
         sb = {s: next(iter(sb.values())) for s in sa}
     if len(sa) == 1 and len(sb) > 1:
@@ -76,6 +82,11 @@ COMPARISONS = (
     ("supervised DEQ implicit - supervised DEQ JFB", ("deq", "sup"), ("deq-jfb", "sup")),
     ("MC-only DEQ implicit - EI-DEQ implicit", ("deq", "mc"), ("deq", "ei")),
 )
+#: equivariance-error comparisons (:func:`deepinv_deq.diagnostics.equivariance_error`)
+EQUIVARIANCE_COMPARISONS = (
+    ("equivariance error: EI-DEQ - supervised DEQ", ("deq", "ei"), ("deq", "sup")),
+    ("equivariance error: EI-DEQ - MC-only DEQ", ("deq", "ei"), ("deq", "mc")),
+)
 
 
 def comparisons(results: list[dict]) -> list[dict]:
@@ -83,12 +94,19 @@ def comparisons(results: list[dict]) -> list[dict]:
     out = []
     for task in sorted({r["task"] for r in results}):
         by = {(r["method"], r["regime"]): r for r in results if r["task"] == task}
-        for label, a, b in COMPARISONS:
-            if a in by and b in by:
-                d = paired_difference(by[a], by[b])
-                if d is not None:
-                    out.append(dict(task=task, label=label, **d))
+        for key, table in (("psnr", COMPARISONS), ("equivariance", EQUIVARIANCE_COMPARISONS)):
+            for label, a, b in table:
+                if a in by and b in by:
+                    d = paired_difference(by[a], by[b], key)
+                    if d is not None:
+                        out.append(dict(task=task, label=label, key=key, **d))
     return out
+
+
+def _interval(c: dict) -> tuple[str, str]:
+    fmt = "{:+.2f}" if c.get("key", "psnr") == "psnr" else "{:+.4f}"
+    ci = "-" if math.isnan(c["lo"]) else f"[{fmt.format(c['lo'])}, {fmt.format(c['hi'])}]"
+    return fmt.format(c["mean"]), ci
 
 
 def _pct(value, iters) -> str:
@@ -125,10 +143,10 @@ def markdown(results: list[dict], title: str | None = None) -> str:
         lines.append("| " + " | ".join(_cells(r)) + " |")
     comp = comparisons(results)
     if comp:
-        lines += ["", "| task | paired PSNR difference (dB) | mean | 95% interval | seeds |", "|---|---|---|---|---|"]
+        lines += ["", "| task | paired difference (PSNR in dB) | mean | 95% interval | seeds |", "|---|---|---|---|---|"]
         for c in comp:
-            ci = "-" if math.isnan(c["lo"]) else f"[{c['lo']:+.2f}, {c['hi']:+.2f}]"
-            lines.append(f"| {c['task'].upper()} | {c['label']} | {c['mean']:+.2f} | {ci} | {c['n']} |")
+            mean, ci = _interval(c)
+            lines.append(f"| {c['task'].upper()} | {c['label']} | {mean} | {ci} | {c['n']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -181,10 +199,10 @@ def rst(results: list[dict]) -> str:
     comp = comparisons(results)
     if comp:
         lines += ["", ".. list-table::", "   :header-rows: 1", "",
-                  "   * - task", "     - paired PSNR difference (dB)", "     - mean",
+                  "   * - task", "     - paired difference (PSNR in dB)", "     - mean",
                   "     - 95% interval", "     - seeds"]
         for c in comp:
-            ci = "n/a" if math.isnan(c["lo"]) else f"[{c['lo']:+.2f}, {c['hi']:+.2f}]"
-            lines += [f"   * - {c['task'].upper()}", f"     - {c['label']}", f"     - {c['mean']:+.2f}",
-                      f"     - {ci}", f"     - {c['n']}"]
+            mean, ci = _interval(c)
+            lines += [f"   * - {c['task'].upper()}", f"     - {c['label']}", f"     - {mean}",
+                      f"     - {ci if ci != '-' else 'n/a'}", f"     - {c['n']}"]
     return "\n".join(lines) + "\n"
