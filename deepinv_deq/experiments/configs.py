@@ -77,7 +77,8 @@ PRESET_NOTES = {
     "demo": "CT: EI-DEQ implicit and JFB, supervised DEQ (3 seeds each), untrained DEQ, FBP; "
             "445 s CPU time on one thread (measured 2026-11-30)",
     "cpu": "CT 32x32 and MRI 64x64, every method and regime (3 seeds); the demo's runs are its CT "
-           "runs; about 1 h CPU time per task on one thread (see docs/results.rst)",
+           "runs; the runs of docs/results.rst took 1008 s (CT) and 1721 s (MRI) of CPU time on "
+           "one thread",
     "repro": "former name of cpu",
     "gpu": "CT 128x128, 50 views (use --tasks ct --methods deq,deq-jfb --regimes sup,ei): sized "
            "for <= 8 min on one H200, unmeasured",

@@ -49,7 +49,8 @@ def _pyplot():
     return plt
 
 
-def reconstructions(results: list[dict], out, task: str, path, reference=None, error_max: float = 0.2) -> Path:
+def reconstructions(results: list[dict], out, task: str, path, reference=None, error_max: float = 0.2,
+                    max_cols: int = 7) -> Path:
     r"""Ground truth and the reconstruction of the first test image by every run of ``task``
     (top row, PSNR in the title, one grey scale from 0 to the ground truth's maximum), with the
     absolute error maps below (shared colour scale ``[0, error_max]``).
@@ -60,6 +61,7 @@ def reconstructions(results: list[dict], out, task: str, path, reference=None, e
     :param str path: image file to write (``.png``).
     :param torch.Tensor reference: the ground-truth magnitude image, shape ``(1, H, W)``.
     :param float error_max: upper end of the error colour scale. Default: ``0.2``.
+    :param int max_cols: panels per row; more runs wrap onto further rows. Default: ``7``.
     :return: the path written.
     """
     from .results import rows
@@ -72,33 +74,33 @@ def reconstructions(results: list[dict], out, task: str, path, reference=None, e
                     and x["regime"] == r["regime"])
         samples = torch.load(run_dir(out, task, r["method"], r["regime"]) / "samples.pt")
         panels.append((label(r["method"], r["regime"], task), samples[0], full["psnr"][0]))
-    n = len(panels) + (reference is not None)
-    fig, axes = plt.subplots(2, n, figsize=(2.3 * n, 5.0), squeeze=False)
+    if reference is not None:
+        panels.insert(0, ("ground truth", reference, None))
+    cols = min(len(panels), max_cols)
+    blocks = (len(panels) + cols - 1) // cols  # each block: a row of images, a row of errors
+    fig, axes = plt.subplots(2 * blocks, cols, figsize=(2.3 * cols, 4.8 * blocks), squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    col = 0
+        ax.axis("off")
     # one grey scale for every panel: [0, the ground truth's maximum] (phantoms rarely reach 1)
     vmax = float(reference.max()) if reference is not None and float(reference.max()) > 0 else 1.0
-    if reference is not None:
-        axes[0, 0].imshow(reference[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=vmax)
-        axes[0, 0].set_title("ground truth", fontsize=FONT)
-        axes[1, 0].axis("off")
-        axes[1, 0].text(0.5, 0.5, "absolute error\n|reconstruction - truth|", ha="center", va="center",
-                        fontsize=FONT, transform=axes[1, 0].transAxes)
-        col = 1
     im = None
-    for j, (name, img, psnr) in enumerate(panels, start=col):
-        axes[0, j].imshow(img[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=vmax)
-        axes[0, j].set_title(f"{name}\n{psnr:.2f} dB", fontsize=FONT)
-        if reference is not None:
+    for k, (name, img, psnr) in enumerate(panels):
+        top, bottom = axes[2 * (k // cols), k % cols], axes[2 * (k // cols) + 1, k % cols]
+        top.axis("on")
+        top.imshow(img[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=vmax)
+        top.set_title(name if psnr is None else f"{name}\n{psnr:.2f} dB", fontsize=FONT)
+        if psnr is None:  # the ground truth: explain the row below
+            bottom.text(0.5, 0.5, "absolute error\n|reconstruction - truth|", ha="center",
+                        va="center", fontsize=FONT, transform=bottom.transAxes)
+        elif reference is not None:
+            bottom.axis("on")
             err = (img[0].clamp(0, 1) - reference[0]).abs().numpy()
-            im = axes[1, j].imshow(err, cmap="inferno", vmin=0, vmax=error_max)
-        else:
-            axes[1, j].axis("off")
+            im = bottom.imshow(err, cmap="inferno", vmin=0, vmax=error_max)
     fig.tight_layout()
     if im is not None:
-        fig.colorbar(im, ax=list(axes[1, col:]), shrink=0.8, pad=0.01)
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.5, pad=0.01, label="absolute error")
     path = Path(path)
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -121,7 +123,7 @@ def training_curves(results: list[dict], out, task: str, path) -> Path | None:
     from .results import rows
 
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))
     drawn = 0
     for r in rows([r for r in results if r["task"] == task]):
         hist = _histories(out, task, r["method"], r["regime"])
@@ -145,12 +147,13 @@ def training_curves(results: list[dict], out, task: str, path) -> Path | None:
     right.set_xlabel("training step", fontsize=FONT)
     right.set_ylabel("training loss", fontsize=FONT)
     right.set_yscale("log")
-    left.legend(fontsize=FONT - 1)
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=FONT - 1)
     fig.suptitle(f"{task.upper()}: training curves (mean over seeds, band = min-max)", fontsize=FONT + 1)
-    fig.tight_layout()
+    handles, names = left.get_legend_handles_labels()
+    fig.legend(handles, names, loc="center right", fontsize=FONT - 1, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     path = Path(path)
     fig.savefig(path, dpi=130)
     plt.close(fig)

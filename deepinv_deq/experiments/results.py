@@ -80,6 +80,7 @@ COMPARISONS = (
     ("EI-DEQ implicit - PnP", ("deq", "ei"), ("pnp", "none")),
     ("EI-DEQ implicit - RED", ("deq", "ei"), ("red", "none")),
     ("supervised DEQ implicit - supervised DEQ JFB", ("deq", "sup"), ("deq-jfb", "sup")),
+    ("supervised DEQ implicit - supervised unrolled", ("deq", "sup"), ("unrolled", "sup")),
     ("MC-only DEQ implicit - EI-DEQ implicit", ("deq", "mc"), ("deq", "ei")),
 )
 #: equivariance-error comparisons (:func:`deepinv_deq.diagnostics.equivariance_error`)
