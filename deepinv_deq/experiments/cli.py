@@ -400,8 +400,10 @@ def _check_data_content(cfg, tasks, error) -> None:
     for task in tasks:
         size = cfg.size_of(task) if hasattr(cfg, "size_of") else cfg.img_size
         try:
-            load_dataset(cfg.data, task, cfg.n_train, size, cfg.seed, split=0)
-            load_dataset(cfg.data, task, cfg.n_test, size, cfg.seed, split=1)
+            # all the splits at once: disjoint, and n_train + n_test + n_val <= the images
+            counts = (cfg.n_train, cfg.n_test, getattr(cfg, "n_val", 0))
+            load_dataset(cfg.data, task, cfg.n_train, size, cfg.seed, split=0, counts=counts)
+            load_dataset(cfg.data, task, cfg.n_test, size, cfg.seed, split=1, counts=counts)
         except (FileNotFoundError, ValueError, ImportError, OSError) as e:
             error(
                 f"--data: not usable for {task}: " + re.sub(r"^\w+: ", "", " ".join(str(e).split()))
