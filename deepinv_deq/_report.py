@@ -91,7 +91,8 @@ def enforce(stats: SolverStats, policy: str, owner: str, what: str, among: Tenso
     residual = stats.residual[bad]
     if what == "forward":
         result = (
-            "their gradient falls back to JFB." if policy == "jfb"
+            "their gradient falls back to JFB."
+            if policy == "jfb"
             else "their best iterate is returned, and the implicit gradient assumes a fixed point."
         )
     elif policy == "jfb":

@@ -62,9 +62,7 @@ def check_float(
         raise ValueError(f"{owner}: '{name}' must be a number, got {value!r}.") from None
     if math.isnan(v) or v < minimum or (strict_min and v == minimum) or v > maximum:
         lo = "(" if strict_min else "["
-        raise ValueError(
-            f"{owner}: '{name}' must lie in {lo}{minimum}, {maximum}], got {value!r}."
-        )
+        raise ValueError(f"{owner}: '{name}' must lie in {lo}{minimum}, {maximum}], got {value!r}.")
     return v
 
 
@@ -144,7 +142,12 @@ class _DefaultStr(str):
 def default(value):
     r"""Mark a default value so that a signature shows it (``max_iter=50``) while the code can
     still tell whether the user passed the argument (see :func:`is_given`)."""
-    for kind, marked in ((bool, None), (int, _DefaultInt), (float, _DefaultFloat), (str, _DefaultStr)):
+    for kind, marked in (
+        (bool, None),
+        (int, _DefaultInt),
+        (float, _DefaultFloat),
+        (str, _DefaultStr),
+    ):
         if isinstance(value, kind):
             return value if marked is None else marked(value)
     return value
@@ -180,7 +183,9 @@ def check_measurements(owner: str, y, init, ref) -> None:
     parts = tensor_parts(y)
     for part in parts:
         if not isinstance(part, Tensor):
-            raise ValueError(f"{owner}: y must be a tensor or a TensorList of tensors, got {type(part).__name__}.")
+            raise ValueError(
+                f"{owner}: y must be a tensor or a TensorList of tensors, got {type(part).__name__}."
+            )
         if not (part.is_floating_point() or part.is_complex()):
             raise ValueError(f"{owner}: y must be a floating-point tensor, got dtype {part.dtype}.")
         if ref is not None and part.device != ref.device:
@@ -201,14 +206,22 @@ def check_measurements(owner: str, y, init, ref) -> None:
         if init.device != parts[0].device:
             raise ValueError(f"{owner}: 'init' is on {init.device} but y is on {parts[0].device}.")
         if init.real.dtype != parts[0].real.dtype:
-            raise ValueError(f"{owner}: 'init' has dtype {init.dtype} but y has dtype {parts[0].dtype}.")
+            raise ValueError(
+                f"{owner}: 'init' has dtype {init.dtype} but y has dtype {parts[0].dtype}."
+            )
     flags = torch.stack([torch.isfinite(t).all() for t in parts + ([] if init is None else [init])])
     if not bool(flags.all()):
-        which = "the measurements y contain" if not bool(flags[: len(parts)].all()) else "'init' contains"
+        which = (
+            "the measurements y contain"
+            if not bool(flags[: len(parts)].all())
+            else "'init' contains"
+        )
         raise ValueError(f"{owner}: {which} NaN or Inf.")
 
 
-def check_deq_arguments(unknown: Mapping, valid: Iterable[str], iteration, denoiser, solver) -> None:
+def check_deq_arguments(
+    unknown: Mapping, valid: Iterable[str], iteration, denoiser, solver
+) -> None:
     r"""The mistakes a new user of :class:`deepinv_deq.DEQ` meets, each with a hint."""
     if "prior" in unknown:
         raise ValueError(
@@ -236,7 +249,9 @@ def _shapes(t):
 
 def measurement_error(owner: str, y, error: Exception) -> ValueError:
     r"""The error for measurements ``y`` that the physics rejects (``A^T y`` fails)."""
-    return ValueError(f"{owner}: y of shape {_shapes(y)} does not fit the physics ({type(error).__name__}: {error}).")
+    return ValueError(
+        f"{owner}: y of shape {_shapes(y)} does not fit the physics ({type(error).__name__}: {error})."
+    )
 
 
 def explain_map_error(owner: str, error: Exception, x: Tensor, y, physics, init) -> Exception:

@@ -113,7 +113,9 @@ class BackwardStrategy(torch.nn.Module):
         x_star = x_star.detach()
         if not torch.is_grad_enabled():
             return f(x_star)
-        return self.differentiate(f, x_star, guard=tuple(guard), fallback=fallback, on_stats=on_stats)
+        return self.differentiate(
+            f, x_star, guard=tuple(guard), fallback=fallback, on_stats=on_stats
+        )
 
     def differentiate(self, f, x_star: Tensor, guard=(), fallback=None, on_stats=None) -> Tensor:
         r"""Evaluate :math:`f(x^\star)` with the strategy's gradient (grad mode is on)."""
@@ -280,7 +282,9 @@ class ImplicitDifferentiation(BackwardStrategy):
         owner = type(self).__name__
         self.on_failure = check_choice(owner, "on_failure", on_failure, POLICIES)
         if isinstance(solver, (FixedPointSolver, GMRES)) and (is_given(max_iter) or is_given(tol)):
-            raise ValueError(f"{owner}: max_iter and tol cannot be combined with a solver instance; set them on the instance.")
+            raise ValueError(
+                f"{owner}: max_iter and tol cannot be combined with a solver instance; set them on the instance."
+            )
         # a default tolerance is fitted to the precision of the map under autocast (autocast_tol)
         self._auto_tol = not is_given(tol) and not isinstance(solver, (FixedPointSolver, GMRES))
         if not isinstance(solver, (FixedPointSolver, GMRES)):
@@ -338,9 +342,17 @@ class ImplicitDifferentiation(BackwardStrategy):
         # statuses judged against the right-hand side: a residual ||b - M u|| >= ||b|| is no better
         # than u = 0 (DIVERGED); a zero b is solved by u = 0; a non-finite b is NONFINITE
         bnorm = batch_norm(b).to(stats.abs_residual.dtype)
-        residual_b = stats.abs_residual * b[0].numel() ** 0.5 / torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
+        residual_b = (
+            stats.abs_residual
+            * b[0].numel() ** 0.5
+            / torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
+        )
         status = stats.status
-        status = torch.where((status == int(SolverStatus.MAX_ITER)) & (residual_b >= 1), int(SolverStatus.DIVERGED), status)
+        status = torch.where(
+            (status == int(SolverStatus.MAX_ITER)) & (residual_b >= 1),
+            int(SolverStatus.DIVERGED),
+            status,
+        )
         status = torch.where(zero, int(SolverStatus.CONVERGED), status)
         status = torch.where(finite, status, int(SolverStatus.NONFINITE))
         return dataclasses.replace(stats, status=status)

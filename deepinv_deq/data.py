@@ -213,7 +213,9 @@ def phantom_splits(kind: str, n_train: int, n_test: int, size: int, seed: int = 
 # real data from a local folder
 
 
-def _check_folder(name: str, root, required: tuple[str, ...] = (), pattern: str | None = None) -> Path:
+def _check_folder(
+    name: str, root, required: tuple[str, ...] = (), pattern: str | None = None
+) -> Path:
     if root is None:
         raise ValueError(f"{name}: a local folder is required (root=None); nothing is downloaded.")
     root = Path(root)
@@ -237,7 +239,9 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     m = min(h, w)
     top, left = (h - m) // 2, (w - m) // 2
     x = x[..., top : top + m, left : left + m].float()
-    x = torch.nn.functional.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True)[0]
+    x = torch.nn.functional.interpolate(
+        x[None], size=(size, size), mode="bilinear", antialias=True
+    )[0]
     x = x - x.amin()
     return x / x.amax().clamp_min(1e-12)
 
@@ -252,7 +256,11 @@ class _ImageOnly(Dataset):
 
     def __getitem__(self, index):
         item = self.base[index]
-        x = item["x"] if isinstance(item, dict) else (item[0] if isinstance(item, (tuple, list)) else item)
+        x = (
+            item["x"]
+            if isinstance(item, dict)
+            else (item[0] if isinstance(item, (tuple, list)) else item)
+        )
         x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
         if x.ndim == 2:
             x = x[None]
@@ -314,7 +322,9 @@ def fastmri_slices(root, size: int = 128, slice_index="middle") -> Dataset:
             with h5py.File(fname, "r") as f:
                 keys = set(f.keys())
         except OSError as e:
-            raise ValueError(f"fastmri_slices: '{fname}' is not a readable HDF5 file ({e}).") from None
+            raise ValueError(
+                f"fastmri_slices: '{fname}' is not a readable HDF5 file ({e})."
+            ) from None
         if "kspace" not in keys or not keys & {"reconstruction_esc", "reconstruction_rss"}:
             raise ValueError(
                 f"fastmri_slices: '{fname}' must hold 'kspace' and 'reconstruction_esc' or "
@@ -399,8 +409,15 @@ def split_indices(groups: list, counts: tuple[int, ...]) -> list[list[int]]:
     return out
 
 
-def load_dataset(source: str, kind: str, n: int, size: int, seed: int = 0, split: int = 0,
-                 counts: tuple[int, ...] | None = None):
+def load_dataset(
+    source: str,
+    kind: str,
+    n: int,
+    size: int,
+    seed: int = 0,
+    split: int = 0,
+    counts: tuple[int, ...] | None = None,
+):
     r"""Images for an experiment: ``source`` is ``"phantoms"`` (default offline data) or a folder of
     real data (LIDC-IDRI for ``kind="ct"``, fastMRI for ``kind="mri"``).
 
@@ -420,7 +437,9 @@ def load_dataset(source: str, kind: str, n: int, size: int, seed: int = 0, split
     """
     kind = check_choice("load_dataset", "kind", kind, KINDS)
     if split not in (0, 1, 2):
-        raise ValueError(f"load_dataset: 'split' must be 0 (train), 1 (test) or 2 (val), got {split!r}.")
+        raise ValueError(
+            f"load_dataset: 'split' must be 0 (train), 1 (test) or 2 (val), got {split!r}."
+        )
     if source == "phantoms":
         return SeededPhantomDataset(n, size=size, kind=kind, seed=seed, split=split)
     full = lidc_idri_slices(source, size) if kind == "ct" else fastmri_slices(source, size)

@@ -197,11 +197,17 @@ class DEQ(Reconstructor):
             trainable_params=tuple(trainable_params),
         )
         budget = {"max_iter": max_iter, "tol": tol}
-        options = _merge_budget(budget, solver_options, "", instance=isinstance(solver, FixedPointSolver))
-        self._auto_tol = not isinstance(solver, FixedPointSolver) and not is_given(options.get("tol"))
+        options = _merge_budget(
+            budget, solver_options, "", instance=isinstance(solver, FixedPointSolver)
+        )
+        self._auto_tol = not isinstance(solver, FixedPointSolver) and not is_given(
+            options.get("tol")
+        )
         self.solver = resolve(solver, FORWARD_SOLVERS, "DEQ", "solver", FixedPointSolver, **options)
         linear = {"max_iter": backward_max_iter, "tol": backward_tol, "solver": backward_solver}
-        self.on_failure, self.backward = self._build_backward(backward, linear, dict(backward_options or {}), on_failure)
+        self.on_failure, self.backward = self._build_backward(
+            backward, linear, dict(backward_options or {}), on_failure
+        )
         self.init = init if callable(init) else check_choice("DEQ", "init", init, INITS)
         self.forward_stats: SolverStats | None = None
         self._backward_stats: SolverStats | None = None
@@ -220,7 +226,9 @@ class DEQ(Reconstructor):
             )
         own = getattr(backward, "on_failure", None) if instance else options.pop("on_failure", None)
         if is_given(on_failure) and own is not None and on_failure != own:
-            raise ValueError(f"DEQ: on_failure={on_failure!r} differs from the backward's {own!r}; set one policy.")
+            raise ValueError(
+                f"DEQ: on_failure={on_failure!r} differs from the backward's {own!r}; set one policy."
+            )
         policy = check_choice("DEQ", "on_failure", on_failure if own is None else own, POLICIES)
         if instance:
             return policy, backward
@@ -232,7 +240,9 @@ class DEQ(Reconstructor):
             options["on_failure"] = policy
         else:  # the linear-solve options are validated, though this strategy does not use them
             own_options = BACKWARDS[name]._options
-            linear_keys = [k for k in options if k in ImplicitDifferentiation._options and k not in own_options]
+            linear_keys = [
+                k for k in options if k in ImplicitDifferentiation._options and k not in own_options
+            ]
             ImplicitDifferentiation(**{k: options.pop(k) for k in linear_keys})
         return policy, resolve(name, BACKWARDS, "DEQ", "backward", BackwardStrategy, **options)
 
@@ -266,8 +276,15 @@ class DEQ(Reconstructor):
             return physics.A_dagger(y)
         return physics.A_adjoint(y)
 
-    def forward(self, y: Tensor, physics, init: Tensor | None = None, x_gt: Tensor | None = None,
-                compute_metrics: bool = False, **kwargs):
+    def forward(
+        self,
+        y: Tensor,
+        physics,
+        init: Tensor | None = None,
+        x_gt: Tensor | None = None,
+        compute_metrics: bool = False,
+        **kwargs,
+    ):
         r"""Reconstruct :math:`x^\star` from the measurements.
 
         :param torch.Tensor y: measurements (a :class:`deepinv.utils.TensorList` for stacked physics).
@@ -280,7 +297,14 @@ class DEQ(Reconstructor):
         :return: the reconstruction, or ``(x, metrics)`` when ``compute_metrics`` is ``True``.
         """
         reject_unknown("DEQ.forward", kwargs, _parameter_names(DEQ.forward))
-        ref = next((t for t in itertools.chain(self.parameters(), self.buffers()) if t.is_floating_point()), None)
+        ref = next(
+            (
+                t
+                for t in itertools.chain(self.parameters(), self.buffers())
+                if t.is_floating_point()
+            ),
+            None,
+        )
         check_measurements("DEQ", y, init, ref)
         x0 = self._initial_iterate(y, physics, init)
         psnr, callback = self._metrics_recorder(x_gt) if compute_metrics else (None, None)
@@ -312,7 +336,13 @@ class DEQ(Reconstructor):
     def _differentiate(self, fmap, result, physics, failed: Tensor | None) -> Tensor:
         if not torch.is_grad_enabled():
             return result.fx
-        z = self.backward(fmap, result.x, guard=_grad_leaves(physics), fallback=failed, on_stats=self._on_backward_stats)
+        z = self.backward(
+            fmap,
+            result.x,
+            guard=_grad_leaves(physics),
+            fallback=failed,
+            on_stats=self._on_backward_stats,
+        )
         # a sample whose map never gave a finite value returns its initial iterate (result.fx)
         never = ~torch.isfinite(result.stats.residual)
         return torch.where(expand_as_batch(never, z), result.fx.to(z.dtype), z)

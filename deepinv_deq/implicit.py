@@ -91,19 +91,31 @@ class ImplicitBackward(BackwardStrategy):
         owner = "ImplicitBackward"
         mode = check_choice(owner, "mode", mode, BACKWARDS)
         given = {
-            "implicit": [n for n, v in (("solver", solver), ("max_iter", max_iter), ("tol", tol)) if is_given(v)]
+            "implicit": [
+                n
+                for n, v in (("solver", solver), ("max_iter", max_iter), ("tol", tol))
+                if is_given(v)
+            ]
             + sorted(solver_options),
-            "phantom": [n for n, v in (("phantom_steps", phantom_steps), ("phantom_damping", phantom_damping)) if is_given(v)],
+            "phantom": [
+                n
+                for n, v in (("phantom_steps", phantom_steps), ("phantom_damping", phantom_damping))
+                if is_given(v)
+            ],
         }
         for other, names in given.items():
             if other != mode and names:
-                raise ValueError(f"{owner}: option(s) {names} only apply to mode='{other}', not mode='{mode}'.")
+                raise ValueError(
+                    f"{owner}: option(s) {names} only apply to mode='{other}', not mode='{mode}'."
+                )
         if mode == "implicit":
             strategy = ImplicitDifferentiation(solver, max_iter, tol, on_failure, **solver_options)
         elif mode == "phantom":
             strategy = PhantomGradient(
                 steps=check_int(owner, "phantom_steps", phantom_steps, 1),
-                damping=check_float(owner, "phantom_damping", phantom_damping, 0.0, 1.0, strict_min=True),
+                damping=check_float(
+                    owner, "phantom_damping", phantom_damping, 0.0, 1.0, strict_min=True
+                ),
             )
         else:
             strategy = JFB()
@@ -140,7 +152,9 @@ class ImplicitBackward(BackwardStrategy):
         return self.strategy.register_stats_hook(hook)
 
     def differentiate(self, f, x_star: Tensor, guard=(), fallback=None, on_stats=None) -> Tensor:
-        return self.strategy.differentiate(f, x_star, guard=guard, fallback=fallback, on_stats=on_stats)
+        return self.strategy.differentiate(
+            f, x_star, guard=guard, fallback=fallback, on_stats=on_stats
+        )
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"

@@ -186,8 +186,12 @@ def setup(app):
 # Every examples/demo_*.py is executed during the build; a failing example fails the build.
 warnings.filterwarnings("ignore", category=UserWarning, message="Matplotlib is currently using agg")
 # deprecation notices of torch and deepinv that the examples cannot act on (never a DEQ warning)
-warnings.filterwarnings("ignore", category=UserWarning, message="torch.meshgrid: in an upcoming release")
-warnings.filterwarnings("ignore", category=DeprecationWarning, message="The tuple format for dataset")
+warnings.filterwarnings(
+    "ignore", category=UserWarning, message="torch.meshgrid: in an upcoming release"
+)
+warnings.filterwarnings(
+    "ignore", category=DeprecationWarning, message="The tuple format for dataset"
+)
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # docs/_gallery_order.py
 sphinx_gallery_conf = {
     "examples_dirs": ["../examples"],

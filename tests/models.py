@@ -21,7 +21,11 @@ class ContractiveDenoiser(torch.nn.Module):
 
     def forward(self, x, sigma):
         h = torch.tanh(self.conv1(x))
-        return self.a * x + self.sigma_scale * sigma * torch.tanh(self.conv2(h)) + 0.1 * torch.tanh(self.conv2(h))
+        return (
+            self.a * x
+            + self.sigma_scale * sigma * torch.tanh(self.conv2(h))
+            + 0.1 * torch.tanh(self.conv2(h))
+        )
 
 
 class Unrolled(torch.nn.Module):

@@ -14,7 +14,14 @@ import textwrap
 import pytest
 
 HOOK = "_deepinv_deq_autoload"
-NAMES = ["DEQ", "ImplicitBackward", "DEQEILoss", "DEQMOEILoss", "DEQSureGaussianLoss", "JacobianNormLoss"]
+NAMES = [
+    "DEQ",
+    "ImplicitBackward",
+    "DEQEILoss",
+    "DEQMOEILoss",
+    "DEQSureGaussianLoss",
+    "JacobianNormLoss",
+]
 
 
 def _json_tail(proc):
@@ -58,7 +65,7 @@ def test_hook_imports_no_other_module_at_startup(run_python):
     rows = {}
     for line in proc.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
-            self_us, cumulative_us, name = line[len("import time:"):].split("|")
+            self_us, cumulative_us, name = line[len("import time:") :].split("|")
             if self_us.strip().isdigit():
                 rows[name.strip()] = (int(self_us), int(cumulative_us))
     assert HOOK in rows, proc.stderr
@@ -122,7 +129,10 @@ def test_import_deepinv_alone_registers(run_python):
     "statement, check",
     [
         ("from deepinv.loss import DEQEILoss", "DEQEILoss"),  # a submodule first
-        ("import deepinv_deq, deepinv", "deepinv.models.DEQ"),  # re-entrant: deepinv_deq imports deepinv
+        (
+            "import deepinv_deq, deepinv",
+            "deepinv.models.DEQ",
+        ),  # re-entrant: deepinv_deq imports deepinv
     ],
 )
 def test_first_import_variants(run_python, statement, check):
@@ -153,7 +163,10 @@ def test_env_var_disables_autoload(run_python):
         print(json.dumps({"loaded": "deepinv_deq" in sys.modules, "DEQ": hasattr(deepinv.models, "DEQ")}))
         """
     )
-    assert _json_tail(run_python(code, env={"DEEPINV_DEQ_AUTOLOAD": "0"})) == {"loaded": False, "DEQ": False}
+    assert _json_tail(run_python(code, env={"DEEPINV_DEQ_AUTOLOAD": "0"})) == {
+        "loaded": False,
+        "DEQ": False,
+    }
 
 
 def test_broken_plugin_does_not_break_deepinv(run_python, tmp_path):

@@ -57,8 +57,12 @@ def test_a_new_strategy_is_one_class_and_deq_uses_it():
 
     theta = torch.tensor(0.5, requires_grad=True)
     strategy = Counting()
-    model = DEQ(iteration=lambda x, y, p: theta * x + y, backward=strategy, tol=1e-8,
-                init=lambda y, p: torch.zeros_like(y))
+    model = DEQ(
+        iteration=lambda x, y, p: theta * x + y,
+        backward=strategy,
+        tol=1e-8,
+        init=lambda y, p: torch.zeros_like(y),
+    )
     model(torch.ones(2, 3), None).sum().backward()
     assert strategy.calls == 1 and theta.grad is not None
 
@@ -78,8 +82,12 @@ def test_failure_codes_carry_message_and_advice_into_the_warning():
     assert len({s.advice for s in failures}) == len(failures)
     assert SolverStatus.CONVERGED.advice == ""
     theta = torch.tensor(0.99)
-    model = DEQ(iteration=lambda x, y, p: theta * x + y, solver="fixed_point", max_iter=3,
-                init=lambda y, p: torch.zeros_like(y))
+    model = DEQ(
+        iteration=lambda x, y, p: theta * x + y,
+        solver="fixed_point",
+        max_iter=3,
+        init=lambda y, p: torch.zeros_like(y),
+    )
     with pytest.warns(RuntimeWarning) as record:
         model(torch.ones(1, 2), None)
     text = str(record[0].message)
@@ -88,9 +96,16 @@ def test_failure_codes_carry_message_and_advice_into_the_warning():
 
 def test_one_policy_raises_for_a_failed_backward_solve_too():
     theta = torch.tensor(1.0, requires_grad=True)  # I - J singular: the adjoint solve fails
-    model = DEQ(iteration=lambda x, y, p: theta * x + 0.0 * y, solver="fixed_point", max_iter=2,
-                tol=1.0, backward_solver="fixed_point", backward_max_iter=5, on_failure="raise",
-                init=lambda y, p: torch.ones_like(y))
+    model = DEQ(
+        iteration=lambda x, y, p: theta * x + 0.0 * y,
+        solver="fixed_point",
+        max_iter=2,
+        tol=1.0,
+        backward_solver="fixed_point",
+        backward_max_iter=5,
+        on_failure="raise",
+        init=lambda y, p: torch.ones_like(y),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = model(torch.ones(1, 2), None)  # the forward meets its (loose) tolerance

@@ -64,15 +64,23 @@ def blur_reference():
 
 # --- item 1 ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("solver", BACKWARD_SOLVERS)
-def test_physics_parameter_gradient_through_least_squares_prox_is_exact(dtype64, blur_reference, solver):
+def test_physics_parameter_gradient_through_least_squares_prox_is_exact(
+    dtype64, blur_reference, solver
+):
     # deepinv's least-squares prox adds the physics parameters' gradients to .grad as a side effect
     # of every vector-Jacobian product: the backward solve used to add one copy per product
     # (measured: |dL/dfilter| 6.07 by 100 unrolled steps; before the fix 131-283 with fixed_point,
     # 150 with anderson, 29 with gmres; now 6.07, relative error 1e-5, the accuracy of the CG prox)
     physics, x, y, denoiser, reference = blur_reference
     model = DEQ(
-        denoiser=denoiser, iteration="HQS", stepsize=0.5, max_iter=200, tol=1e-13,
-        backward_solver=solver, backward_max_iter=200, backward_tol=1e-12,
+        denoiser=denoiser,
+        iteration="HQS",
+        stepsize=0.5,
+        max_iter=200,
+        tol=1e-13,
+        backward_solver=solver,
+        backward_max_iter=200,
+        backward_tol=1e-12,
     )
     physics.filter.grad = None
     out = model(y, physics)
@@ -160,7 +168,9 @@ def test_gmres_zero_right_hand_side_and_rank_loss_give_finite_solutions():
     b = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
     res = GMRES(max_iter=30, tol=1e-12, restart=3).solve(lambda u: u @ M.T, b)
     assert res.stats.status_names() == ["CONVERGED", "CONVERGED"]
-    assert torch.allclose(res.x, torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]], dtype=torch.float64))
+    assert torch.allclose(
+        res.x, torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]], dtype=torch.float64)
+    )
 
 
 def test_implicit_gradient_with_zero_upstream_gradient_is_zero_and_finite():
@@ -188,15 +198,23 @@ def test_forward_stopped_by_max_iter_warns_at_the_callers_line():
 
 
 def test_on_failure_raise_covers_the_forward_solve():
-    model = DEQ(iteration=_slow_map, solver="fixed_point", max_iter=3, on_failure="raise", init=_zeros)
+    model = DEQ(
+        iteration=_slow_map, solver="fixed_point", max_iter=3, on_failure="raise", init=_zeros
+    )
     with pytest.raises(RuntimeError, match="MAX_ITER"):
         model(torch.ones(2, 3), None)
 
 
 def test_on_failure_jfb_gives_the_jfb_gradient_to_samples_whose_forward_failed():
     theta = torch.tensor([[0.5], [0.99]], requires_grad=True)
-    model = DEQ(iteration=lambda x, y, p: theta * x + y, solver="fixed_point", max_iter=40, tol=1e-8,
-                on_failure="jfb", init=_zeros)
+    model = DEQ(
+        iteration=lambda x, y, p: theta * x + y,
+        solver="fixed_point",
+        max_iter=40,
+        tol=1e-8,
+        on_failure="jfb",
+        init=_zeros,
+    )
     with pytest.warns(RuntimeWarning, match="falls back to JFB"):
         out = model(torch.ones(2, 1), None)
     assert model.forward_stats.status_names() == ["CONVERGED", "MAX_ITER"]
@@ -220,9 +238,16 @@ def test_backward_residual_not_below_one_is_a_failure_warned_at_the_backward_lin
 def test_on_failure_jfb_with_phantom_gradients_gives_the_jfb_gradient_to_failed_samples():
     # the warning says the failed samples fall back to JFB: the phantom strategy used to ignore it
     theta = torch.tensor([[0.5], [0.99]], requires_grad=True)
-    model = DEQ(iteration=lambda x, y, p: theta * x + y, solver="fixed_point", max_iter=40, tol=1e-8,
-                on_failure="jfb", init=_zeros, backward="phantom",
-                backward_options={"phantom_steps": 3, "phantom_damping": 1.0})
+    model = DEQ(
+        iteration=lambda x, y, p: theta * x + y,
+        solver="fixed_point",
+        max_iter=40,
+        tol=1e-8,
+        on_failure="jfb",
+        init=_zeros,
+        backward="phantom",
+        backward_options={"phantom_steps": 3, "phantom_damping": 1.0},
+    )
     with pytest.warns(RuntimeWarning, match="falls back to JFB"):
         out = model(torch.ones(2, 1), None)
     assert model.forward_stats.status_names() == ["CONVERGED", "MAX_ITER"]
@@ -292,7 +317,9 @@ def test_runtime_error_inside_the_map_keeps_its_type_and_message():
 # --- item 12 ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("backward", ["implicit", "jfb", "phantom"])
 def test_sweep_over_backward_with_fixed_options_constructs(backward):
-    model = DEQ(denoiser=ContractiveDenoiser(), backward=backward, backward_max_iter=30, backward_tol=1e-6)
+    model = DEQ(
+        denoiser=ContractiveDenoiser(), backward=backward, backward_max_iter=30, backward_tol=1e-6
+    )
     assert model.backward.mode == backward
     if backward == "implicit":
         assert model.backward.solver.max_iter == 30 and model.backward.solver.tol == 1e-6
@@ -303,13 +330,19 @@ def test_budget_in_the_options_dict_is_used_or_named_when_given_twice():
     assert model.solver.tol == 1e-6 and model.solver.max_iter == 7  # was a TypeError
     with pytest.raises(ValueError, match=r"'tol' given twice \(tol and solver_options\)"):
         DEQ(denoiser=ContractiveDenoiser(), tol=1e-3, solver_options={"tol": 1e-6})
-    with pytest.raises(ValueError, match=r"'max_iter' given twice \(backward_max_iter and backward_options\)"):
+    with pytest.raises(
+        ValueError, match=r"'max_iter' given twice \(backward_max_iter and backward_options\)"
+    ):
         DEQ(denoiser=ContractiveDenoiser(), backward_max_iter=3, backward_options={"max_iter": 7})
 
 
 def test_phantom_option_with_the_implicit_backward_is_named_as_passed():
     with pytest.raises(ValueError, match="'phantom_steps'"):  # was named 'steps'
-        DEQ(denoiser=ContractiveDenoiser(), backward="implicit", backward_options={"phantom_steps": 3})
+        DEQ(
+            denoiser=ContractiveDenoiser(),
+            backward="implicit",
+            backward_options={"phantom_steps": 3},
+        )
 
 
 # --- item 13 ---------------------------------------------------------------------------------
@@ -327,7 +360,9 @@ def test_deepinv_prior_hints_at_denoiser():
 def test_measurements_the_physics_rejects_are_named():
     physics = dinv.physics.Tomography(img_width=8, angles=6)
     y = physics(torch.rand(2, 1, 8, 8))
-    with pytest.raises(ValueError, match=r"y of shape \[\(2, 1, 12, 5\)\] does not fit the physics"):
+    with pytest.raises(
+        ValueError, match=r"y of shape \[\(2, 1, 12, 5\)\] does not fit the physics"
+    ):
         DEQ(denoiser=ContractiveDenoiser())(y[..., :5], physics)
 
 

@@ -22,7 +22,7 @@ def test_phantoms_are_deterministic_images(kind, channels):
     b = SeededPhantomDataset(3, size=16, kind=kind, seed=5, cache=False)
     # access order must not matter
     xs_b = [b[i] for i in (2, 0, 1)]
-    for i, xb in zip((2, 0, 1), xs_b):
+    for i, xb in zip((2, 0, 1), xs_b, strict=True):
         assert a[i].shape == (channels, 16, 16)
         assert torch.equal(a[i], xb)
         assert a[i].min() >= 0 and a[i].max() <= 1
@@ -60,7 +60,12 @@ def test_phantoms_batch_in_dataloader():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"length": 0}, "length"), ({"size": 4}, "size"), ({"kind": "pet"}, "kind"), ({"seed": -1}, "seed")],
+    [
+        ({"length": 0}, "length"),
+        ({"size": 4}, "size"),
+        ({"kind": "pet"}, "kind"),
+        ({"seed": -1}, "seed"),
+    ],
 )
 def test_phantom_options_validated(kwargs, name):
     opts = {"length": 2, "size": 16} | kwargs
@@ -89,7 +94,9 @@ def test_fastmri_slices_reads_generated_files(tmp_path):
     assert len(ds) == 6
     x = ds[4]
     assert x.shape == (2, 16, 16)
-    assert torch.isclose(x[0].min(), torch.tensor(0.0)) and torch.isclose(x[0].max(), torch.tensor(1.0))
+    assert torch.isclose(x[0].min(), torch.tensor(0.0)) and torch.isclose(
+        x[0].max(), torch.tensor(1.0)
+    )
     assert torch.count_nonzero(x[1]) == 0
     middle = fastmri_slices(tmp_path, size=16)  # default: the middle slice of each volume
     assert len(middle) == 2 and torch.equal(middle[0], ds[1]) and torch.equal(middle[1], ds[4])
@@ -111,7 +118,10 @@ def test_real_data_splits_are_disjoint_by_volume(tmp_path):
     assert [len(p) for p in parts] == [2, 2, 2]
     assert not (vols[0] & vols[1]) and not (vols[0] & vols[2]) and not (vols[1] & vols[2])
     # load_dataset: the middle slice of each of the 3 volumes, one volume per split
-    sets = [load_dataset(str(tmp_path), "mri", n=1, size=16, split=k, counts=(1, 1, 1)) for k in (0, 1, 2)]
+    sets = [
+        load_dataset(str(tmp_path), "mri", n=1, size=16, split=k, counts=(1, 1, 1))
+        for k in (0, 1, 2)
+    ]
     assert sorted(i for d in sets for i in d.indices) == [0, 1, 2]
     # more images than the folder holds, or more volumes than it has: clear errors
     with pytest.raises(ValueError, match="holds only 3"):

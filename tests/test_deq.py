@@ -73,7 +73,9 @@ def test_compute_metrics_in_trainer_format():
 def test_iterations_converge_and_differentiate(iteration, cls):
     physics, x, y = inpainting("cpu")
     kwargs = {"lambda_reg": 0.5, "stepsize": 0.5} if iteration == "RED" else {}
-    model = DEQ(denoiser=ContractiveDenoiser(), iteration=iteration, max_iter=200, tol=1e-6, **kwargs)
+    model = DEQ(
+        denoiser=ContractiveDenoiser(), iteration=iteration, max_iter=200, tol=1e-6, **kwargs
+    )
     assert isinstance(model.map, cls)
     x_hat = model(y, physics)
     assert model.forward_stats.all_converged
@@ -86,7 +88,9 @@ def test_callable_iteration_and_trainable_params():
     physics, x, y = inpainting("cpu")
     w = torch.tensor(0.3, requires_grad=True)
     # float32: a relative residual near 1e-8 is rounding, out of reach; 1e-6 is met
-    model = DEQ(iteration=lambda x, y, physics: w * x + physics.A_adjoint(y), tol=1e-6, max_iter=100)
+    model = DEQ(
+        iteration=lambda x, y, physics: w * x + physics.A_adjoint(y), tol=1e-6, max_iter=100
+    )
     assert isinstance(model.map, CallableMap)
     out = model(y, physics)
     assert model.forward_stats.all_converged
@@ -152,7 +156,9 @@ def test_bad_inputs():
 
 def test_diverging_map_is_flagged_with_finite_output():
     physics, x, y = inpainting("cpu")
-    model = DEQ(iteration=lambda x, y, p: 1.5 * x + 1.0, solver=FixedPointIteration(max_iter=200, tol=1e-6))
+    model = DEQ(
+        iteration=lambda x, y, p: 1.5 * x + 1.0, solver=FixedPointIteration(max_iter=200, tol=1e-6)
+    )
     with torch.no_grad():
         out = model(y, physics)
     assert (model.forward_stats.status == SolverStatus.DIVERGED).all()
@@ -163,6 +169,7 @@ def test_trainer_one_epoch_on_tiny_tomography(tmp_path):
     img = 16
     physics = dinv.physics.Tomography(img_width=img, angles=8, normalize=True)
     x = torch.rand(4, 1, img, img)
+
     class Images(torch.utils.data.Dataset):
         def __len__(self):
             return len(x)
@@ -200,7 +207,9 @@ def test_stats_hook_sees_every_solve_of_an_ei_step():
     handle = model.register_stats_hook(lambda kind, stats: seen.append((kind, stats.nfe)))
     ei = dinv.loss.EILoss(dinv.transform.Shift())
     x_net = model(y, physics)
-    loss = dinv.loss.MCLoss()(y=y, x_net=x_net, physics=physics) + ei(x_net=x_net, physics=physics, model=model)
+    loss = dinv.loss.MCLoss()(y=y, x_net=x_net, physics=physics) + ei(
+        x_net=x_net, physics=physics, model=model
+    )
     assert [k for k, _ in seen] == ["forward", "forward"]
     loss.backward()
     assert [k for k, _ in seen] == ["forward", "forward", "backward", "backward"]

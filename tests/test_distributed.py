@@ -49,10 +49,19 @@ def _setup():
     physics = dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.6)
     x = torch.rand(GLOBAL_BATCH, 1, 8, 8)
     y = physics(x)
-    model = DEQ(denoiser=TinyDenoiser(), stepsize=1.0, max_iter=100, tol=1e-10, backward_tol=1e-10, backward_max_iter=100)
+    model = DEQ(
+        denoiser=TinyDenoiser(),
+        stepsize=1.0,
+        max_iter=100,
+        tol=1e-10,
+        backward_tol=1e-10,
+        backward_max_iter=100,
+    )
     losses = [
         dinv.loss.MCLoss(),
-        dinv.loss.EILoss(transform=dinv.transform.Shift(shift_max=0.3, rng=torch.Generator().manual_seed(3))),
+        dinv.loss.EILoss(
+            transform=dinv.transform.Shift(shift_max=0.3, rng=torch.Generator().manual_seed(3))
+        ),
     ]
     return model, physics, y, losses
 
@@ -89,7 +98,11 @@ def _worker(rank: int, port: int, out_dir: str):
         _loss(ddp, physics, shard, losses).backward()
         grads = [p.grad.clone() for p in model.parameters()]
         torch.save(
-            {"grads": grads, "nfe": model.forward_stats.nfe, "status": model.forward_stats.status.tolist()},
+            {
+                "grads": grads,
+                "nfe": model.forward_stats.nfe,
+                "status": model.forward_stats.status.tolist(),
+            },
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
 
@@ -100,19 +113,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+@pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
 def test_ddp_ei_step_matches_single_process(tmp_path, dtype64):
     # fork: the children inherit the imported modules (spawn would re-import torch and deepinv,
     # ~10 s each); once CUDA is initialised in this process, forking is unsafe: spawn then
     method = "spawn" if torch.cuda.is_initialized() else "fork"
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method=method)
+    mp.start_processes(
+        _worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method=method
+    )
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     reference = _reference_grads()
     # DDP all-reduced the gradients: every rank holds the same ones ...
-    for g0, g1 in zip(results[0]["grads"], results[1]["grads"]):
+    for g0, g1 in zip(results[0]["grads"], results[1]["grads"], strict=True):
         assert torch.equal(g0, g1)
     # ... equal to the single-process gradient on the global batch
-    for g, ref in zip(results[0]["grads"], reference):
+    for g, ref in zip(results[0]["grads"], reference, strict=True):
         assert torch.allclose(g, ref, rtol=1e-6, atol=1e-9), (g - ref).abs().max()
     # and the shards were genuinely different problems (not a vacuous comparison)
     assert all(all(s == 0 for s in r["status"]) for r in results)

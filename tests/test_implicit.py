@@ -1,6 +1,5 @@
 """Implicit differentiation: exact gradients against unrolled autograd references."""
 
-
 import deepinv as dinv
 import pytest
 import torch
@@ -122,7 +121,11 @@ def test_phantom_gradient_approaches_implicit(dtype64):
     g_ref, _ = reference_grads(denoiser, physics, y, loss_fn)
     errors = []
     for k in (1, 5, 40):
-        model = make_deq(denoiser, None, backward=ImplicitBackward(mode="phantom", phantom_steps=k, phantom_damping=1.0))
+        model = make_deq(
+            denoiser,
+            None,
+            backward=ImplicitBackward(mode="phantom", phantom_steps=k, phantom_damping=1.0),
+        )
         g, _ = deq_grads(model, denoiser, y, loss_fn)
         errors.append(float((g - g_ref).norm() / g_ref.norm()))
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-6

@@ -52,8 +52,10 @@ def affine_maps(seed: int, batch: int, shape: tuple, rhos, dtype):
     return f, x_star.reshape(batch, *shape)
 
 
-shapes = st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple).filter(
-    lambda s: 2 <= torch.Size(s).numel() <= 24
+shapes = (
+    st.lists(st.integers(1, 4), min_size=1, max_size=3)
+    .map(tuple)
+    .filter(lambda s: 2 <= torch.Size(s).numel() <= 24)
 )
 
 
@@ -67,7 +69,9 @@ shapes = st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple).filter(
     rho=st.floats(0.05, 0.9),
     solver=st.sampled_from(["fixed_point", "anderson"]),
 )
-def test_contractive_affine_maps_solved_within_the_error_bound(seed, batch, shape, dtype, log_tol, rho, solver):
+def test_contractive_affine_maps_solved_within_the_error_bound(
+    seed, batch, shape, dtype, log_tol, rho, solver
+):
     tol = 10.0**log_tol
     if dtype == torch.float32:
         tol = max(tol, 1e-5)  # below float32 resolution the tolerance is not reachable
@@ -84,8 +88,12 @@ def test_contractive_affine_maps_solved_within_the_error_bound(seed, batch, shap
     # error bound from the residual and the contraction factor, per sample
     x = res.x.double().reshape(batch, -1)
     err = (x - x_star.reshape(batch, -1)).norm(dim=1)
-    bound = res.stats.residual.double() * x.norm(dim=1) / (1 - torch.tensor(rhos, dtype=torch.float64))
-    slack = 50 * torch.finfo(dtype).eps * (1 + x_star.reshape(batch, -1).norm(dim=1)) / (1 - max(rhos))
+    bound = (
+        res.stats.residual.double() * x.norm(dim=1) / (1 - torch.tensor(rhos, dtype=torch.float64))
+    )
+    slack = (
+        50 * torch.finfo(dtype).eps * (1 + x_star.reshape(batch, -1).norm(dim=1)) / (1 - max(rhos))
+    )
     assert bool((err <= bound * (1 + 1e-3) + slack).all()), (err, bound)
     # f(x) is returned with x: it is one more contraction step towards x*
     fx_err = (res.fx.double().reshape(batch, -1) - x_star.reshape(batch, -1)).norm(dim=1)
@@ -105,7 +113,9 @@ def test_contractive_affine_maps_solved_within_the_error_bound(seed, batch, shap
 )
 def test_per_sample_statuses_with_expanding_samples(seed, batch, shape, dtype, expanding):
     # some samples expand (rho = 1.5): fixed-point iteration flags them; the others converge
-    mask = expanding.draw(st.lists(st.booleans(), min_size=batch, max_size=batch).filter(lambda m: 0 < sum(m) < batch))
+    mask = expanding.draw(
+        st.lists(st.booleans(), min_size=batch, max_size=batch).filter(lambda m: 0 < sum(m) < batch)
+    )
     rhos = [1.5 if m else 0.5 for m in mask]
     f, x_star = affine_maps(seed, batch, shape, rhos, dtype)
     tol = 1e-4 if dtype == torch.float32 else 1e-8

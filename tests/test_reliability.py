@@ -151,7 +151,9 @@ def _check_best_iterate(stats, f, x_ret, x0):
     diff = (fx - x_ret).flatten(1).norm(dim=1)
     rel = diff / x_ret.flatten(1).norm(dim=1)
     assert torch.allclose(rel, stats.residual.to(rel.dtype), rtol=1e-4)
-    assert torch.allclose(diff / x_ret[0].numel() ** 0.5, stats.abs_residual.to(rel.dtype), rtol=1e-4)
+    assert torch.allclose(
+        diff / x_ret[0].numel() ** 0.5, stats.abs_residual.to(rel.dtype), rtol=1e-4
+    )
     abs0 = (f(x0) - x0).flatten(1).norm(dim=1) / x0[0].numel() ** 0.5
     assert (stats.abs_residual <= abs0 * (1 + 1e-6)).all()
 
@@ -193,7 +195,12 @@ def test_divergence_is_per_sample():
 
 def test_deq_flags_divergence_and_returns_finite(problem):
     physics, _, y = problem
-    model = DEQ(iteration=lambda x, y, p: 2.0 * x + p.A_adjoint(y), solver="fixed_point", max_iter=100, tol=1e-6)
+    model = DEQ(
+        iteration=lambda x, y, p: 2.0 * x + p.A_adjoint(y),
+        solver="fixed_point",
+        max_iter=100,
+        tol=1e-6,
+    )
     with torch.no_grad():
         out = model(y, physics)
     assert model.forward_stats.status_names() == ["DIVERGED", "DIVERGED"]
@@ -204,7 +211,9 @@ def test_deq_flags_divergence_and_returns_finite(problem):
 def test_map_producing_nan_is_flagged_and_best_iterate_is_kept(solver):
     # the map turns NaN once the iterate is large: x0 = 0 -> 1 -> NaN
     def f(x):
-        return torch.where(x.abs().amax(dim=1, keepdim=True) > 0.5, torch.full_like(x, float("nan")), x + 1.0)
+        return torch.where(
+            x.abs().amax(dim=1, keepdim=True) > 0.5, torch.full_like(x, float("nan")), x + 1.0
+        )
 
     res = get_solver(solver, max_iter=20, tol=1e-6)(f, torch.zeros(2, 3))
     assert res.stats.status_names() == ["NONFINITE", "NONFINITE"]
@@ -256,7 +265,9 @@ def test_backward_failure_can_raise():
 # --------------------------------------------------------------------------------------------
 def test_anderson_collinear_residuals_fall_back_without_nan():
     # a translation: every residual is the same vector, so G G^T is rank one (singular w/o ridge)
-    res = AndersonAcceleration(max_iter=20, tol=1e-12, ridge=0.0)(lambda x: x + 1.0, torch.zeros(2, 4))
+    res = AndersonAcceleration(max_iter=20, tol=1e-12, ridge=0.0)(
+        lambda x: x + 1.0, torch.zeros(2, 4)
+    )
     assert int(res.stats.extra["fallbacks"].min()) > 0
     assert torch.isfinite(res.x).all() and torch.isfinite(res.stats.trace).all()
     # the fallback is the plain step, so the iterate after k steps is k (best iterate = last)
@@ -267,7 +278,9 @@ def test_anderson_collinear_residuals_fall_back_without_nan():
 def test_anderson_one_dimensional_iterates_still_converge(ridge):
     # iterates of an affine map started at 0 stay on the line through b: rank-one history
     b = torch.randn(2, 5)
-    res = AndersonAcceleration(max_iter=40, tol=0.0, ridge=ridge)(lambda x: 0.5 * x + b, torch.zeros(2, 5))
+    res = AndersonAcceleration(max_iter=40, tol=0.0, ridge=ridge)(
+        lambda x: 0.5 * x + b, torch.zeros(2, 5)
+    )
     assert torch.isfinite(res.x).all()
     assert torch.allclose(res.fx, 2 * b, atol=1e-5)
 
@@ -284,7 +297,9 @@ def test_anderson_zero_residual_sample_next_to_a_moving_one():
 
 def test_anderson_constant_map():
     c = torch.randn(3, 2)
-    res = AndersonAcceleration(max_iter=10, tol=1e-8, ridge=0.0)(lambda x: c.clone(), torch.zeros(3, 2))
+    res = AndersonAcceleration(max_iter=10, tol=1e-8, ridge=0.0)(
+        lambda x: c.clone(), torch.zeros(3, 2)
+    )
     assert res.stats.status_names() == ["CONVERGED"] * 3
     assert torch.equal(res.fx, c)
 
@@ -293,7 +308,9 @@ def test_anderson_under_huge_and_tiny_scales():
     # the ridge is relative to the scale of G G^T, so 1e-20 or 1e20 images behave alike
     for scale in (1e-20, 1e20):
         b = scale * torch.randn(2, 6, dtype=torch.float64)
-        res = AndersonAcceleration(max_iter=40, tol=1e-10)(lambda x: 0.5 * x + b, torch.zeros_like(b))
+        res = AndersonAcceleration(max_iter=40, tol=1e-10)(
+            lambda x: 0.5 * x + b, torch.zeros_like(b)
+        )
         assert res.stats.status_names() == ["CONVERGED", "CONVERGED"]
         assert torch.allclose(res.fx, 2 * b, rtol=1e-8, atol=0)
 
@@ -325,7 +342,14 @@ def test_solver_invalid_budget_or_tolerance(cls, kwargs, name):
         cls(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs, name", [({"max_iter": 0}, "max_iter"), ({"tol": -1.0}, "tol"), ({"phantom_steps": 0}, "phantom_steps")])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"max_iter": 0}, "max_iter"),
+        ({"tol": -1.0}, "tol"),
+        ({"phantom_steps": 0}, "phantom_steps"),
+    ],
+)
 def test_implicit_backward_invalid_budget_or_tolerance(kwargs, name):
     mode = "phantom" if "phantom_steps" in kwargs else "implicit"
     with pytest.raises(ValueError, match=name):
@@ -343,7 +367,15 @@ def test_implicit_backward_invalid_budget_or_tolerance(kwargs, name):
         lambda: get_solver("anderson", histroy_size=3),
         lambda: get_solver("fixed_point", histroy_size=3),
     ],
-    ids=["DEQ", "DEQ-solver_options", "DEQ-backward_options", "ImplicitBackward", "ImplicitBackward-jfb", "get_solver-anderson", "get_solver-fixed_point"],
+    ids=[
+        "DEQ",
+        "DEQ-solver_options",
+        "DEQ-backward_options",
+        "ImplicitBackward",
+        "ImplicitBackward-jfb",
+        "get_solver-anderson",
+        "get_solver-fixed_point",
+    ],
 )
 def test_unknown_option_is_named(build):
     with pytest.raises(ValueError) as err:

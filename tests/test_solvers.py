@@ -22,7 +22,10 @@ def affine_problem(B=3, n=6, rho=0.8, dtype=torch.float64, device="cpu"):
     return f, x_true
 
 
-@pytest.mark.parametrize("solver", [FixedPointIteration(max_iter=300, tol=1e-10), AndersonAcceleration(max_iter=100, tol=1e-10)])
+@pytest.mark.parametrize(
+    "solver",
+    [FixedPointIteration(max_iter=300, tol=1e-10), AndersonAcceleration(max_iter=100, tol=1e-10)],
+)
 def test_solution_matches_linear_solve(solver, device):
     f, x_true = affine_problem(device=device)
     res = solver(f, torch.zeros_like(x_true))
@@ -57,7 +60,9 @@ def test_per_sample_stopping_and_best_iterate():
     # the diverged sample keeps its best iterate, the one with the smallest absolute residual: x0,
     # since |f(x) - x| = |0.2 x + 1| grows along the iterates
     assert torch.isfinite(res.x).all() and torch.isfinite(res.fx).all()
-    assert torch.equal(res.x[1], torch.zeros(4)) and torch.allclose(res.stats.abs_residual[1], torch.tensor(1.0))
+    assert torch.equal(res.x[1], torch.zeros(4)) and torch.allclose(
+        res.stats.abs_residual[1], torch.tensor(1.0)
+    )
     # the converged sample's residual is below tolerance
     assert res.stats.residual[0] <= 1e-6
 
@@ -88,7 +93,9 @@ def test_anderson_singular_system_falls_back():
     # the Gram matrix is singular at every step: the plain step is taken, no crash, no NaN
     c = torch.randn(2, 5)
     f = lambda x: c - x
-    res = AndersonAcceleration(max_iter=10, tol=1e-10, ridge=0.0, history_size=3)(f, torch.zeros(2, 5))
+    res = AndersonAcceleration(max_iter=10, tol=1e-10, ridge=0.0, history_size=3)(
+        f, torch.zeros(2, 5)
+    )
     assert (res.stats.extra["fallbacks"] > 0).all()
     assert torch.isfinite(res.x).all() and torch.isfinite(res.fx).all()
     assert res.stats.status_names() == ["MAX_ITER", "MAX_ITER"]
@@ -147,13 +154,21 @@ def test_gmres_nonsymmetric_reaches_tolerance(dtype, tol, device):
     from deepinv_deq.solvers import GMRES
 
     g = torch.Generator().manual_seed(0)
-    M = torch.eye(30, dtype=torch.float64) + 0.4 * torch.randn(30, 30, generator=g, dtype=torch.float64) / 30**0.5
+    M = (
+        torch.eye(30, dtype=torch.float64)
+        + 0.4 * torch.randn(30, 30, generator=g, dtype=torch.float64) / 30**0.5
+    )
     b = 1e-6 * torch.randn(3, 30, generator=g, dtype=torch.float64)  # tiny right-hand side
     expected = torch.linalg.solve(M, b.T).T
     M, b = M.to(dtype).to(device), b.to(dtype).to(device)
     res = GMRES(max_iter=100, tol=tol, restart=10).solve_linear(lambda u: u @ M.T, b)
     assert res.stats.all_converged, res.stats
-    assert torch.allclose(res.x.double().cpu(), expected, rtol=0, atol=1e-6 * float(expected.abs().max()) * (1e3 if dtype == torch.float32 else 1))
+    assert torch.allclose(
+        res.x.double().cpu(),
+        expected,
+        rtol=0,
+        atol=1e-6 * float(expected.abs().max()) * (1e3 if dtype == torch.float32 else 1),
+    )
     # residual history is non-increasing within a restart cycle
     tr = res.stats.trace[:, 0]
     assert (tr[1:10] <= tr[:9] * (1 + 1e-6)).all()
@@ -162,8 +177,13 @@ def test_gmres_nonsymmetric_reaches_tolerance(dtype, tol, device):
 def test_gmres_respects_its_budget():
     from deepinv_deq.solvers import GMRES
 
-    M = torch.eye(30, dtype=torch.float64) + 0.9 * torch.randn(30, 30, dtype=torch.float64) / 30**0.5
+    M = (
+        torch.eye(30, dtype=torch.float64)
+        + 0.9 * torch.randn(30, 30, dtype=torch.float64) / 30**0.5
+    )
     b = torch.randn(2, 30, dtype=torch.float64)
     for max_iter in (1, 2, 7, 25):
-        res = GMRES(max_iter=max_iter, tol=1e-14, restart=5).solve_linear(lambda u: u @ M.T, b, torch.zeros_like(b))
+        res = GMRES(max_iter=max_iter, tol=1e-14, restart=5).solve_linear(
+            lambda u: u @ M.T, b, torch.zeros_like(b)
+        )
         assert res.stats.nfe <= max_iter

@@ -75,7 +75,9 @@ class AndersonAcceleration(FixedPointSolver):
         divergence_ratio=1e4,
         **unknown,
     ):
-        super().__init__(max_iter=max_iter, tol=tol, atol=atol, divergence_ratio=divergence_ratio, **unknown)
+        super().__init__(
+            max_iter=max_iter, tol=tol, atol=atol, divergence_ratio=divergence_ratio, **unknown
+        )
         owner = type(self).__name__
         self.history_size = check_int(owner, "history_size", history_size, 1)
         self.ridge = check_float(owner, "ridge", ridge, 0.0)

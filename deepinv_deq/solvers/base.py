@@ -239,7 +239,9 @@ class FixedPointSolver(torch.nn.Module):
         reject_unknown(owner, unknown, self._options)
         self.max_iter, self.tol = check_budget(owner, max_iter, tol)
         self.atol = check_float(owner, "atol", atol, 0.0)
-        self.divergence_ratio = check_float(owner, "divergence_ratio", divergence_ratio, 1.0, strict_min=True)
+        self.divergence_ratio = check_float(
+            owner, "divergence_ratio", divergence_ratio, 1.0, strict_min=True
+        )
 
     # -- to implement -------------------------------------------------------------------------
     def _init_state(self, x0: Tensor) -> dict:
@@ -270,7 +272,9 @@ class FixedPointSolver(torch.nn.Module):
         """
         tol = self.tol if tol is None else tol
         if x0.ndim == 0:
-            raise ValueError(f"{type(self).__name__}: x0 must have a batch dimension, got a scalar.")
+            raise ValueError(
+                f"{type(self).__name__}: x0 must have a batch dimension, got a scalar."
+            )
         if not bool(torch.isfinite(x0).all()):
             raise ValueError(f"{type(self).__name__}: the initial iterate contains NaN or Inf.")
         B = x0.shape[0]
@@ -282,7 +286,12 @@ class FixedPointSolver(torch.nn.Module):
 
         best_x = x0
         best_fx = x0
-        best_rel = torch.full((B,), float("inf"), device=dev, dtype=torch.float32 if x0.dtype != torch.float64 else x0.dtype)
+        best_rel = torch.full(
+            (B,),
+            float("inf"),
+            device=dev,
+            dtype=torch.float32 if x0.dtype != torch.float64 else x0.dtype,
+        )
         best_abs = best_rel.clone()
         converged = torch.zeros(B, dtype=torch.bool, device=dev)
         nonfinite = torch.zeros_like(converged)
@@ -311,7 +320,9 @@ class FixedPointSolver(torch.nn.Module):
                 # the distance to the fixed point); once a sample has converged, only iterates that
                 # still meet the tolerance may replace its best one
                 smaller = absr <= best_abs  # ties go to the later iterate
-                improved = finite & ~frozen & ((smaller & (meets | ~converged)) | (meets & ~converged))
+                improved = (
+                    finite & ~frozen & ((smaller & (meets | ~converged)) | (meets & ~converged))
+                )
                 best_rel = torch.where(improved, rel, best_rel)
                 best_abs = torch.where(improved, absr, best_abs)
                 m = expand_as_batch(improved, x)
@@ -320,7 +331,9 @@ class FixedPointSolver(torch.nn.Module):
                 converged = converged | meets
                 # judged on the absolute residual: a linearly diverging map keeps a bounded
                 # relative residual while its iterates and residuals blow up
-                diverged = diverged | (finite & ~converged & (absr > self.divergence_ratio * best_abs))
+                diverged = diverged | (
+                    finite & ~converged & (absr > self.divergence_ratio * best_abs)
+                )
                 if callback is not None:
                     callback(k, x, fx)
                 done = converged | nonfinite | diverged
@@ -349,7 +362,11 @@ class FixedPointSolver(torch.nn.Module):
         return SolverResult(x=best_x, fx=best_fx, stats=stats)
 
     def solve(
-        self, matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None, tol: float | None = None
+        self,
+        matvec: Callable[[Tensor], Tensor],
+        b: Tensor,
+        x0: Tensor | None = None,
+        tol: float | None = None,
     ) -> SolverResult:
         r"""Solve the linear system :math:`M u = b` as the fixed point of :math:`u \mapsto u - M u + b`.
 
@@ -370,4 +387,3 @@ class FixedPointSolver(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._options)
-

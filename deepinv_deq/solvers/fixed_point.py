@@ -43,9 +43,15 @@ class FixedPointIteration(FixedPointSolver):
     name = "fixed_point"
     _options = FixedPointSolver._options + ("damping",)
 
-    def __init__(self, max_iter=50, tol=1e-4, atol=0.0, damping=1.0, divergence_ratio=1e4, **unknown):
-        super().__init__(max_iter=max_iter, tol=tol, atol=atol, divergence_ratio=divergence_ratio, **unknown)
-        self.damping = check_float(type(self).__name__, "damping", damping, 0.0, 1.0, strict_min=True)
+    def __init__(
+        self, max_iter=50, tol=1e-4, atol=0.0, damping=1.0, divergence_ratio=1e4, **unknown
+    ):
+        super().__init__(
+            max_iter=max_iter, tol=tol, atol=atol, divergence_ratio=divergence_ratio, **unknown
+        )
+        self.damping = check_float(
+            type(self).__name__, "damping", damping, 0.0, 1.0, strict_min=True
+        )
 
     def _next(self, state: dict, k: int, x: Tensor, fx: Tensor) -> Tensor:
         if self.damping == 1.0:

@@ -19,7 +19,9 @@ from .._autodiff import batch_norm
 from .base import SolverResult, SolverStats, SolverStatus
 
 
-def _linear_result(solver, u: Tensor, res: Tensor, bnorm: Tensor, nmv: int, trace, bad: Tensor, tol: float) -> SolverResult:
+def _linear_result(
+    solver, u: Tensor, res: Tensor, bnorm: Tensor, nmv: int, trace, bad: Tensor, tol: float
+) -> SolverResult:
     # statistics of a linear solve M u = b from the final true residual norms ||b - M u||
     rel = res / torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
     bad = bad | ~torch.isfinite(rel) | ~torch.isfinite(u.reshape(u.shape[0], -1)).all(dim=1)
@@ -93,7 +95,11 @@ class GMRES(torch.nn.Module):
 
     @torch.no_grad()
     def solve(
-        self, matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None, tol: float | None = None
+        self,
+        matvec: Callable[[Tensor], Tensor],
+        b: Tensor,
+        x0: Tensor | None = None,
+        tol: float | None = None,
     ) -> SolverResult:
         r"""Solve :math:`M u = b`.
 
@@ -123,7 +129,9 @@ class GMRES(torch.nn.Module):
         bad = bad | ~torch.isfinite(res)
         # max_iter bounds every product with M, the initial and final true residuals included
         while nmv + 1 < self.max_iter and not bool(((res <= target) | bad).all()):
-            x, r, res, bad, nmv = self._cycle(mv, x, r, res, bad, bf, bnorm, target, tiny, nmv, trace)
+            x, r, res, bad, nmv = self._cycle(
+                mv, x, r, res, bad, bf, bnorm, target, tiny, nmv, trace
+            )
         return _linear_result(self, x.reshape(shape).to(b.dtype), res, bnorm, nmv, trace, bad, tol)
 
     solve_linear = solve  # the name used before the shared linear-solve interface
@@ -152,8 +160,16 @@ class GMRES(torch.nn.Module):
             for i in range(j):  # the previous rotations, applied to the new column
                 h[i], h[i + 1] = cs[i] * h[i] + sn[i] * h[i + 1], -sn[i] * h[i] + cs[i] * h[i + 1]
             d = torch.hypot(h[j], hn)
-            cs.append(torch.where(d > 0, h[j] / torch.where(d > 0, d, torch.ones_like(d)), torch.ones_like(d)))
-            sn.append(torch.where(d > 0, hn / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(d)))
+            cs.append(
+                torch.where(
+                    d > 0, h[j] / torch.where(d > 0, d, torch.ones_like(d)), torch.ones_like(d)
+                )
+            )
+            sn.append(
+                torch.where(
+                    d > 0, hn / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(d)
+                )
+            )
             h[j] = d
             R[:, : j + 1, j] = torch.stack(h, dim=1)
             g[:, j + 1] = -sn[j] * g[:, j]
