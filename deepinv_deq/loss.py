@@ -135,7 +135,31 @@ def _warm_ei_forward(
     return deepinv_forward(view, x_net, physics, _WarmStarted(model, recorder.last), **kwargs)
 
 
-class DEQEILoss(EILoss):
+class _WarmStartOption:
+    # the one option the DEQ adapters add to deepinv's losses, validated once for all three
+    def __init__(self, *args, warm_start: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.warm_start = _check_warm_start(type(self).__name__, warm_start)
+
+
+class _WarmEIForward(_WarmStartOption):
+    # deepinv's EILoss/MOEILoss forward, unchanged unless warm_start is on and the model is a DEQ
+    def forward(self, x_net, physics, model, **kwargs):
+        r"""Compute the loss of the deepinv base class (warm-started transformed solve if asked).
+
+        :param torch.Tensor x_net: reconstruction :math:`\hat{x} = f_\theta(y)`.
+        :param deepinv.physics.Physics physics: forward operator of the measurements.
+        :param torch.nn.Module model: the reconstructor :math:`f_\theta`.
+        :return: (:class:`torch.Tensor`) loss.
+        """
+        deepinv_forward = super().forward
+        if not (self.warm_start and is_deq(model)):
+            return deepinv_forward(x_net, physics, model, **kwargs)
+        unbound = next(c.forward for c in type(self).__mro__ if c in (EILoss, MOEILoss))
+        return _warm_ei_forward(unbound, self, x_net, physics, model, **kwargs)
+
+
+class DEQEILoss(_WarmEIForward, EILoss):
     r"""Equivariant imaging loss :footcite:`chen2021equivariant` with an optional warm-started DEQ solve.
 
     The loss of :class:`deepinv.loss.EILoss`,
@@ -181,24 +205,8 @@ class DEQEILoss(EILoss):
     .. footbibliography::
     """
 
-    def __init__(self, *args, warm_start: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.warm_start = _check_warm_start(type(self).__name__, warm_start)
 
-    def forward(self, x_net, physics, model, **kwargs):
-        r"""Compute the EI loss.
-
-        :param torch.Tensor x_net: reconstruction :math:`\hat{x} = f_\theta(y)`.
-        :param deepinv.physics.Physics physics: forward operator.
-        :param torch.nn.Module model: the reconstructor :math:`f_\theta`.
-        :return: (:class:`torch.Tensor`) loss.
-        """
-        if not (self.warm_start and is_deq(model)):
-            return super().forward(x_net, physics, model, **kwargs)
-        return _warm_ei_forward(EILoss.forward, self, x_net, physics, model, **kwargs)
-
-
-class DEQMOEILoss(MOEILoss):
+class DEQMOEILoss(_WarmEIForward, MOEILoss):
     r"""Multi-operator EI loss with an optional warm-started DEQ solve.
 
     The loss of :class:`deepinv.loss.MOEILoss`,
@@ -225,24 +233,8 @@ class DEQMOEILoss(MOEILoss):
     torch.Size([])
     """
 
-    def __init__(self, *args, warm_start: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.warm_start = _check_warm_start(type(self).__name__, warm_start)
 
-    def forward(self, x_net, physics, model, **kwargs):
-        r"""Compute the MO-EI loss.
-
-        :param torch.Tensor x_net: reconstruction :math:`\hat{x} = f_\theta(y, A_1)`.
-        :param deepinv.physics.Physics physics: forward operator of the measurements.
-        :param torch.nn.Module model: the reconstructor :math:`f_\theta`.
-        :return: (:class:`torch.Tensor`) loss.
-        """
-        if not (self.warm_start and is_deq(model)):
-            return super().forward(x_net, physics, model, **kwargs)
-        return _warm_ei_forward(MOEILoss.forward, self, x_net, physics, model, **kwargs)
-
-
-class DEQSureGaussianLoss(SureGaussianLoss):
+class DEQSureGaussianLoss(_WarmStartOption, SureGaussianLoss):
     r"""SURE loss for Gaussian noise :footcite:`stein1981sure` with an optional warm-started DEQ solve.
 
     The loss of :class:`deepinv.loss.SureGaussianLoss`,
@@ -278,10 +270,6 @@ class DEQSureGaussianLoss(SureGaussianLoss):
 
     .. footbibliography::
     """
-
-    def __init__(self, *args, warm_start: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.warm_start = _check_warm_start(type(self).__name__, warm_start)
 
     def forward(self, y, x_net, physics, model, **kwargs):
         r"""Compute the SURE loss.
