@@ -326,3 +326,94 @@ def test_full_tiny_demo(tmp_path, capsys):
     assert status == 0
     rows = list(csv.DictReader(open(tmp_path / "demo.csv")))
     assert len(rows) == len(cli.DEMO_RUNS)
+
+
+def _selected_runs(argv):
+    parser, parsers = cli._parser()
+    args, _ = parser.parse_known_args(argv)
+
+    def error(message):
+        raise AssertionError(message)
+
+    return cli._runs(args, error)
+
+
+def test_gpu_preset_selects_id_vs_jfb_vs_supervised_on_ct():
+    # issue 11: `table --size gpu` alone runs CT, deq / deq-jfb, sup / ei
+    runs = _selected_runs(["table", "--size", "gpu"])
+    assert sorted(runs) == sorted(("ct", m, r) for m in ("deq", "deq-jfb") for r in ("sup", "ei"))
+    cfg = cli.ExperimentConfig.from_preset("gpu")
+    assert (cfg.img_size, cfg.views) == (128, 50)
+    # explicit options override the preset's choice, one by one
+    runs = _selected_runs(["table", "--size", "gpu", "--methods", "deq,pinv"])
+    assert sorted(runs) == [("ct", "deq", "ei"), ("ct", "deq", "sup"), ("ct", "pinv", "none")]
+    assert {t for t, _, _ in _selected_runs(["table", "--size", "gpu", "--tasks", "all"])} == {
+        "ct",
+        "mri",
+    }
+    # other presets still select everything
+    assert len(_selected_runs(["table", "--size", "cpu"])) > len(runs)
+    # the help and the preset table say what it runs and that its time is not measured
+    text = " ".join(cli.preset_table().split())
+    gpu_note = text[text.index(" gpu: ") : text.index(" paper: ")]
+    assert "deq-jfb" in gpu_note and "UNMEASURED" in gpu_note
+
+
+def test_paper_preset_is_paper_like():
+    from deepinv_deq.experiments.methods import build_denoiser
+
+    cfg = cli.ExperimentConfig.from_preset("paper")
+    assert cfg.tol <= 1e-4 and cfg.backward_tol <= 1e-4 and cfg.max_iter >= 100
+    assert (cfg.img_size, cfg.views, cfg.seeds) == (128, 50, 3) and cfg.n_train >= 1000
+    # a contractive start, not an identity: D = (1 - epsilon) x at initialisation
+    small = cli.ExperimentConfig(**{**cfg.to_dict(), "img_size": 16, "width": 4, "depth": 2})
+    denoiser = build_denoiser("ct", small)
+    x = __import__("torch").rand(1, 1, 16, 16)
+    assert cfg.epsilon > 0
+    assert (denoiser(x, 0.05) - (1 - cfg.epsilon) * x).abs().max() < 1e-6
+
+
+def test_extend_trains_a_finished_run_further(tmp_path, capsys):
+    args = ["train", "--task", "ct", "--method", "deq", "--regime", "ei", *TINY]
+    args += ["--out", str(tmp_path)]
+    assert _main(args, capsys)[0] == 0
+    seed = tmp_path / "ct" / "deq-ei" / "seed_0"
+    first = json.loads((seed / "result.json").read_text())
+    # a longer --epochs alone is refused, and the message says how to extend
+    with pytest.raises(SystemExit) as e:
+        cli.main([*args, "--epochs", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "epochs differ" in err and "--extend" in err
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--epochs", "3", "--extend", "--overwrite"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    status, out = _main([*args, "--epochs", "3", "--extend"], capsys)
+    assert status == 0 and "extending from 1 to 3 epochs" in out
+    result = json.loads((seed / "result.json").read_text())
+    assert result["epochs"] == 3 and result["extended_from_epochs"] == [1]
+    assert (seed / "result_epochs1.json").exists()
+    history = json.loads((seed / "history.json").read_text())
+    assert history["epochs_done"] == 3 and history["extended_at"] == [2]
+    assert history["val_step"] == [2, 4, 6]
+    # the training time counts both segments
+    assert result["train_s"] > first["train_s"]
+    stored = json.loads((tmp_path / "ct" / "deq-ei" / "config.json").read_text())
+    assert stored["epochs"] == 3
+    # fewer epochs cannot be an extension; the same number again is a finished run
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--epochs", "2", "--extend"])
+    assert "--epochs must be at least the stored run's 3" in capsys.readouterr().err
+    status, out = _main([*args, "--epochs", "3", "--extend"], capsys)
+    assert status == 0 and "skipped" in out
+
+
+def test_runs_are_named_and_deepinv_chatter_is_quiet(tmp_path, capsys):
+    args = ["table", "--tasks", "ct", "--methods", "deq,pinv", "--regimes", "sup"]
+    status, out = _main([*args, *TINY[:2], "--threads", "1", "--out", str(tmp_path)], capsys)
+    captured = out + capsys.readouterr().err
+    assert status == 0
+    assert "run 1/2: ct deq sup" in captured and "run 2/2: ct pinv" in captured
+    for chatter in ("Update progress bar frequency", "trainable parameters"):
+        assert chatter not in captured
+    # folder and file names portable: no colons (timestamps) anywhere in the output
+    assert all(":" not in p.name for p in tmp_path.rglob("*"))

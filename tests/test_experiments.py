@@ -332,3 +332,30 @@ def test_tables_and_figure(tmp_path):
     path = figure(results, tmp_path, "ct", tmp_path / "fig.png", reference=torch.rand(1, 8, 8))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "curves_ct.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_extension_follows_the_cosine_of_the_new_total():
+    # --extend: after 4 of 4 steps, stretched to 12 steps, the learning rate follows the closed
+    # form of a 12-step cosine (from lr to lr / 10) for the remaining steps
+    import math
+
+    from deepinv_deq.experiments.training import _stretch_cosine
+
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([w], lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4, eta_min=1e-4)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)  # end of the short schedule
+
+    def closed(t, total=12):
+        return 1e-4 + 0.9e-3 * (1 + math.cos(math.pi * t / total)) / 2
+
+    _stretch_cosine(sched, opt, 12)
+    assert opt.param_groups[0]["lr"] == pytest.approx(closed(4), rel=1e-9)
+    for t in range(5, 13):
+        opt.step()
+        sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(closed(t), rel=1e-9), t
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)

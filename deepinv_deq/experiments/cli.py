@@ -75,9 +75,10 @@ def _setting_help() -> dict[str, str]:
     return out
 
 
-def _preset_times() -> dict[str, str]:
-    """``preset -> measured time``, as recorded next to :data:`PRESETS` (``PRESET_TIMES``)."""
-    return {k: str(v) for k, v in getattr(configs, "PRESET_TIMES", {}).items()}
+def _preset_notes() -> dict[str, str]:
+    """``preset -> what it runs and its measured time``, as recorded next to :data:`PRESETS`
+    (``PRESET_NOTES``; "not measured" where none is recorded)."""
+    return {k: str(v) for k, v in getattr(configs, "PRESET_NOTES", {}).items()}
 
 
 def _used_by(name: str) -> str:
@@ -87,15 +88,15 @@ def _used_by(name: str) -> str:
 
 def preset_table(fmt: str = "text") -> str:
     r"""The size presets as a table: image size, images, training budget, which command uses
-    them, measured time.
+    them, what they run and the measured time (or that it is unmeasured).
 
-    Built from :data:`deepinv_deq.experiments.configs.PRESETS` (times from its ``PRESET_TIMES``
-    when recorded), so the ``--help`` text and the documentation show the same numbers.
+    Built from :data:`deepinv_deq.experiments.configs.PRESETS` (notes and times from its
+    ``PRESET_NOTES``), so the ``--help`` text and the documentation show the same numbers.
 
     :param str fmt: ``"text"`` (for ``--help``) or ``"rst"`` (a list-table for the docs).
     """
-    times = _preset_times()
-    header = ("preset", "image", "train/val/test", "epochs", "seeds", "used by", "time")
+    notes = _preset_notes()
+    header = ("preset", "image", "train/val/test", "epochs", "seeds", "used by", "runs, time")
     rows = []
     for name, p in PRESETS.items():
         size = str(p.get("img_size", "?"))
@@ -110,7 +111,7 @@ def preset_table(fmt: str = "text") -> str:
                 str(p.get("epochs", "?")),
                 str(p.get("seeds", 1)),
                 _used_by(name),
-                times.get(name, "not measured"),
+                notes.get(name, "not measured"),
             )
         )
     if fmt == "rst":
@@ -121,9 +122,17 @@ def preset_table(fmt: str = "text") -> str:
         return "\n".join(lines) + "\n"
     if fmt != "text":
         raise ValueError(f"preset_table: 'fmt' must be 'text' or 'rst', got {fmt!r}.")
+    import textwrap
+
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
-    fmt_row = "  ".join(f"{{:{w}s}}" for w in widths) + "  {}"
-    return "\n".join(fmt_row.format(*r) for r in (header, *rows))
+    fmt_row = "  ".join(f"{{:{w}s}}" for w in widths)
+    table = [fmt_row.format(*r[:-1]).rstrip() for r in (header, *rows)]
+    # what each preset runs and its time, wrapped below the table
+    wrapped = [
+        textwrap.fill(f"{r[0]}: {r[-1]}", 96, initial_indent="  ", subsequent_indent="    ")
+        for r in rows
+    ]
+    return "\n".join(table) + "\n" + "\n".join(wrapped)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -167,9 +176,13 @@ def _verbosity(p: argparse.ArgumentParser) -> None:
         "-v",
         "--verbose",
         action="store_true",
-        help="print more: the training curves and deepinv's own messages",
+        help="print everything: the training curves even with --no-progress",
     )
-    g.add_argument("--no-progress", action="store_true", help="no progress bars (messages stay)")
+    g.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no training-curve lines (one line per run stays)",
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -222,10 +235,18 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="FOLDER",
         help="output folder; runs found there are resumed (default: ./%(default)s)",
     )
-    d.add_argument(
+    w = d.add_mutually_exclusive_group()
+    w.add_argument(
         "--overwrite",
         action="store_true",
         help="train the selected runs again from scratch (their folders in --out are replaced)",
+    )
+    w.add_argument(
+        "--extend",
+        action="store_true",
+        help="train finished (or interrupted) runs in --out further, up to a larger --epochs "
+        "(the new total), from their last checkpoint; the remaining steps follow the cosine "
+        "learning-rate schedule of the new total; every other setting must be unchanged",
     )
 
 
@@ -247,7 +268,8 @@ def _machine(g) -> None:
 
 _RESUME = (
     "Runs are resumable: finished runs in --out are skipped, an interrupted run continues from "
-    "its last checkpoint (Ctrl-C stops cleanly)."
+    "its last checkpoint (Ctrl-C stops cleanly). '--extend --epochs N' trains finished runs "
+    "further, to N epochs in total."
 )
 
 
@@ -298,8 +320,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "table": sub.add_parser(
             "table",
             help="the comparison table: every method x regime on the chosen tasks",
-            description="Trains and evaluates every method in every regime. " + _RESUME,
-            usage="deepinv-deq table [--tasks LIST] [--methods LIST] [--regimes LIST] [options]",
+            description="Trains and evaluates every method in every regime on the chosen tasks "
+            "(--size gpu chooses CT, deq and deq-jfb, sup and ei; --tasks, --methods and "
+            "--regimes override a preset's choice). " + _RESUME,
+            usage="deepinv-deq table [--size PRESET] [--tasks LIST] [--methods LIST] "
+            "[--regimes LIST] [options]",
             epilog=presets,
             formatter_class=fmt,
         ),
@@ -322,24 +347,18 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         f"mc (measurement consistency only); none for {', '.join(FIXED)}",
     )
     tb = parsers["table"].add_argument_group("which runs")
-    tb.add_argument(
-        "--tasks",
-        default="all",
-        metavar="LIST",
-        help=f"comma-separated among {', '.join(TASKS)} (default: all)",
-    )
-    tb.add_argument(
-        "--methods",
-        default="all",
-        metavar="LIST",
-        help=f"comma-separated among {', '.join(METHODS)} (default: all)",
-    )
-    tb.add_argument(
-        "--regimes",
-        default="all",
-        metavar="LIST",
-        help=f"comma-separated among {', '.join(REGIMES)} (default: all)",
-    )
+    for name, choices in (("tasks", TASKS), ("methods", METHODS), ("regimes", REGIMES)):
+        by_preset = "; ".join(
+            f"--size {k}: {v[name]}" for k, v in configs.PRESET_RUNS.items() if name in v
+        )
+        tb.add_argument(
+            f"--{name}",
+            default=None,
+            metavar="LIST",
+            help=f"comma-separated among {', '.join(choices)} or 'all' (default: all"
+            + (f"; {by_preset}" if by_preset else "")
+            + ")",
+        )
     for name in ("demo", "train", "table"):
         _common(parsers[name])
         _verbosity(parsers[name])
@@ -504,11 +523,13 @@ def _runs(args, error) -> list[tuple[str, str, str]]:
             error(f"--regime is required for method '{args.method}' (one of {', '.join(REGIMES)})")
         return [(args.task, args.method, args.regime)]
     chosen = {}
+    preset = configs.PRESET_RUNS.get(args.size, {})
     for name, value, choices in (
         ("tasks", args.tasks, TASKS),
         ("methods", args.methods, METHODS),
         ("regimes", args.regimes, REGIMES),
     ):
+        value = preset.get(name, "all") if value is None else value
         try:
             chosen[name] = configs.parse_list(name, value, choices)
         except ValueError as e:
@@ -531,6 +552,7 @@ def _run_kwargs(run, args, index: int, total: int, task: str, method: str, regim
     wanted = {
         "verbose": args.verbose,
         "overwrite": args.overwrite,
+        "extend": getattr(args, "extend", False),
         "label": f"run {index}/{total}: {task} {method}"
         + ("" if regime == "none" else f" {regime}"),
     }
@@ -607,7 +629,12 @@ def main(argv=None) -> int:
             sub.error(f"--out: cannot create '{out}' ({e.strerror or e})")
         _save_meta(out, cfg, argv)
         t0 = time.perf_counter()
-        results = _grid(cfg, out, runs, progress, log, args)
+        from .runner import RunSettingsError
+
+        try:
+            results = _grid(cfg, out, runs, progress, log, args)
+        except RunSettingsError as e:
+            sub.error(_option_message(e))
         name = {"demo": "demo", "train": "results_train", "table": "results"}[args.command]
         _report(results, cfg, out, name, log, say, figures=args.command != "train")
         log(f"total time {time.perf_counter() - t0:.0f} s")

@@ -80,9 +80,17 @@ PRESET_NOTES = {
            "runs; the runs of docs/results.rst took 1008 s (CT) and 1721 s (MRI) of CPU time on "
            "one thread",
     "repro": "former name of cpu",
-    "gpu": "CT 128x128, 50 views (use --tasks ct --methods deq,deq-jfb --regimes sup,ei): sized "
-           "for <= 8 min on one H200, unmeasured",
-    "paper": "paper-like settings (GPU), unmeasured",
+    "gpu": "table: CT 128x128, 50 views, deq and deq-jfb in sup and ei (ID vs JFB vs supervised, "
+           "3 seeds); sized for <= 8 min on one H200 but UNMEASURED (no GPU was available to us)",
+    "paper": "paper-like settings (GPU: 128x128, 2000 images, 100 epochs, tol 1e-4, contractive "
+             "init); unmeasured",
+}
+
+#: runs ``deepinv-deq table`` selects for a preset when ``--tasks``, ``--methods`` or ``--regimes``
+#: is not given (the options override each entry); other presets select every task, method and
+#: regime.
+PRESET_RUNS = {
+    "gpu": dict(tasks="ct", methods="deq,deq-jfb", regimes="sup,ei"),
 }
 
 
@@ -190,7 +198,7 @@ class ExperimentConfig:
         self.lr_schedule = check_choice(o, "lr_schedule", self.lr_schedule, ("cosine", "constant"))
         if not isinstance(self.data, str) or not self.data:
             raise ValueError(f"{o}: 'data' must be 'phantoms' or a folder, got {self.data!r}.")
-        if not isinstance(self.device, str) or not self.device.split(":")[0] in ("cpu", "cuda", "mps"):
+        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ValueError(f"{o}: 'device' must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}.")
 
     def size_of(self, task: str) -> int:

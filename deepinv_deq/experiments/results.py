@@ -7,7 +7,6 @@ import json
 import math
 from pathlib import Path
 
-import torch
 
 from .configs import METHODS, REGIMES
 

@@ -12,7 +12,10 @@ Layout of an output directory (one per experiment)::
 
 A run whose ``result.json`` exists with the same settings is skipped; an interrupted run continues
 from its last checkpoint. A run with *different* settings in the same folder is an error (use
-another ``--out``), so results are never silently mixed.
+another ``--out``), so results are never silently mixed. The one exception is ``extend=True``
+(``--extend``) with a larger ``epochs`` and every other setting unchanged: the run trains on from
+its ``last.pt`` to the new total (:func:`extend_settings`); the earlier per-seed results are kept
+as ``seed_<s>/result_epochs<E>.json``.
 
 Fairness: for a seed :math:`s`, every method sees the same training batches, the same noise draws
 and the same EI transformations (seeded generators), the same initial denoiser (same
@@ -56,6 +59,11 @@ def _seed_for(cfg: ExperimentConfig, *names: str) -> int:
     return (cfg.seed * 1000003 + zlib.crc32("/".join(names).encode())) % (2**31)
 
 
+class RunSettingsError(ValueError):
+    r"""The output folder holds a run with other settings (the command line reports it as a
+    usage error)."""
+
+
 def _check_settings(folder: Path, cfg: ExperimentConfig) -> None:
     path = folder / "config.json"
     key = cfg.training_key()
@@ -63,13 +71,60 @@ def _check_settings(folder: Path, cfg: ExperimentConfig) -> None:
         old = json.loads(path.read_text())
         if old != key:
             diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
-            raise ValueError(
+            hint = ("; to train it longer, add --extend" if diff == ["epochs"]
+                    and key["epochs"] > old["epochs"] else "")
+            raise RunSettingsError(
                 f"'{folder}' holds a run with other settings ({', '.join(diff)} differ); "
-                f"use another --out or delete the folder."
+                f"use another --out, --overwrite or delete the folder{hint}."
             )
     else:
         folder.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(key, indent=1))
+
+
+def extend_settings(folder: Path, cfg: ExperimentConfig) -> int | None:
+    r"""Accept ``cfg`` for the run stored in ``folder`` when it only asks for more epochs.
+
+    :return: the run's former number of epochs when it is extended (``config.json`` is then
+        rewritten with the new total), ``None`` when there is nothing to extend (no stored run, or
+        the same number of epochs).
+    :raises ValueError: if a setting other than ``epochs`` differs, or ``epochs`` is smaller than
+        the stored run's.
+    """
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        return None
+    old, key = json.loads(path.read_text()), cfg.training_key()
+    diff = sorted(k for k in set(old) | set(key) if k != "epochs" and old.get(k) != key.get(k))
+    if diff:
+        raise RunSettingsError(
+            f"'{folder}' holds a run with other settings ({', '.join(diff)} differ): "
+            f"--extend changes only --epochs."
+        )
+    if key["epochs"] < old["epochs"]:
+        raise RunSettingsError(
+            f"'epochs' must be at least the stored run's {old['epochs']} to extend '{folder}', "
+            f"got {key['epochs']}."
+        )
+    if key["epochs"] == old["epochs"]:
+        return None
+    path.write_text(json.dumps(key, indent=1))
+    return old["epochs"]
+
+
+def _extend(out: Path, folder: Path, task: str, method: str, cfg: ExperimentConfig, log, label) -> None:
+    # the Gaussian denoisers of PnP/RED do not depend on 'epochs': accept the new total for them
+    for denoiser in sorted((out / task).glob("denoiser_*")):
+        extend_settings(denoiser, cfg)
+    old = extend_settings(folder, cfg)
+    if old is None or method in FIXED:
+        return  # nothing to extend, or not trained end to end: the result stays valid
+    for path in (folder / "result.json", folder / "samples.pt"):
+        path.unlink(missing_ok=True)
+    for sub in sorted(folder.glob("seed_*")):
+        if (sub / "result.json").exists():
+            (sub / "result.json").replace(sub / f"result_epochs{old}.json")
+    log(f"{label}: extending from {old} to {cfg.epochs} epochs")
 
 
 def _generator(cfg: ExperimentConfig, *names) -> torch.Generator:
@@ -251,9 +306,18 @@ def _run_seed(task, method, regime, cfg, out, seed, physics, val, test, progress
     if method in ("pnp", "red"):
         denoiser, settings, tried = _choose_fixed(task, method, cfg, out, physics, val, progress, log)
         extra.update(settings=settings, tried=tried)
+    earlier = sorted((int(p.stem[len("result_epochs"):]), json.loads(p.read_text()))
+                     for p in folder.glob("result_epochs*.json"))
+    if earlier:  # an extended run: keep the K it was trained with
+        extra["extended_from_epochs"] = [e for e, _ in earlier]
+        earlier = [r for _, r in earlier]
     if method == "unrolled" and not cfg.unrolled_iters:
-        settings["unrolled_iters"], extra["unrolled_iters_from"] = _unrolled_iters(
-            task, regime, cfg, out, seed, physics, val)
+        if earlier and "unrolled_iters" in earlier[0]:
+            settings["unrolled_iters"] = earlier[0]["unrolled_iters"]
+            extra["unrolled_iters_from"] = earlier[0].get("unrolled_iters_from")
+        else:
+            settings["unrolled_iters"], extra["unrolled_iters_from"] = _unrolled_iters(
+                task, regime, cfg, out, seed, physics, val)
         extra["unrolled_iters"] = settings["unrolled_iters"]
     # the same initial weights for every method of a seed (same initialisation seed)
     torch.manual_seed(_seed_for(scfg, task, "init"))
@@ -276,6 +340,8 @@ def _run_seed(task, method, regime, cfg, out, seed, physics, val, test, progress
     result = evaluate(model, task, cfg, physics, test, counter=counter)
     samples = result.pop("samples")
     result.update(seed=seed, train_s=history["train_s"] if history else 0.0, **extra)
+    if history is not None:
+        result["epochs"] = history["epochs_done"]
     if history is not None:
         result["val_change_last20"] = flattened(history)
     if method in SOLVED:
@@ -337,7 +403,7 @@ def aggregate(task: str, method: str, regime: str, per_seed: list[dict]) -> dict
 
 def run(task: str, method: str, regime: str | None, cfg: ExperimentConfig, out,
         progress: bool = True, log=print, label: str | None = None, verbose: bool = False,
-        overwrite: bool = False) -> dict:
+        overwrite: bool = False, extend: bool = False) -> dict:
     r"""Train (if needed, once per seed of ``cfg.seed_list()``) and evaluate one run; resumable.
 
     Methods without training (``pinv``, ``pnp-tv``, ``deq-init``, ``pnp``, ``red``) run once.
@@ -352,14 +418,22 @@ def run(task: str, method: str, regime: str | None, cfg: ExperimentConfig, out,
     :param str label: name of the run in the messages (e.g. ``"run 3/7: ct deq ei"``).
     :param bool verbose: also print the training curve (as ``progress``).
     :param bool overwrite: delete the run's folder first (train again from scratch).
+    :param bool extend: when the run's folder holds a run with fewer ``epochs`` and otherwise the
+        same settings, train it on from its last checkpoint up to ``cfg.epochs`` in total (see
+        :func:`~deepinv_deq.experiments.training.train` for the learning-rate schedule). The
+        result's ``train_s`` is the training time of all the segments.
     :return: the run's result (also in ``result.json``); ``skipped`` is ``True`` if it was done before.
     """
     task, method, regime = check_run(task, method, regime)
     label = label or f"{task} {method} {regime}"
     out = Path(out)
     folder = run_dir(out, task, method, regime)
+    if overwrite and extend:
+        raise ValueError("run: 'overwrite' and 'extend' cannot both be set.")
     if overwrite and folder.exists():
         shutil.rmtree(folder)
+    if extend:
+        _extend(out, folder, task, method, cfg, log, label)
     progress = progress or verbose
     _check_settings(folder, cfg)
     result_path = folder / "result.json"

@@ -14,6 +14,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -134,6 +135,15 @@ def train(model, physics, losses, dataset, cfg, folder, seed: int, epochs: int,
     when ``cfg.lr_schedule == "cosine"``; gradient norm clipped at 1), resuming from
     ``folder/last.pt`` if it exists.
 
+    Extension: when ``folder/last.pt`` was written by a training with fewer ``epochs``, training
+    continues from it up to ``epochs`` in total. With the cosine schedule, the remaining steps
+    follow the cosine of the *new* total number of steps: at the first step of the extension the
+    learning rate is set to the value that schedule has at that step (so it rises again from the
+    ``lr / 10`` the shorter schedule ended at), and it decays to ``lr / 10`` at the new last step.
+    The first segment is not replayed: an extended run is not identical to one trained for the
+    new total from the start. The steps at which it was extended are listed in the history's
+    ``extended_at``.
+
     :param torch.nn.Module model: the reconstructor ``model(y, physics)``.
     :param deepinv.physics.Physics physics: forward operator (measurements are simulated online).
     :param list losses: deepinv losses, summed.
@@ -186,6 +196,11 @@ def train(model, physics, losses, dataset, cfg, folder, seed: int, epochs: int,
         torch.set_rng_state(state["rng"]["torch"])
         if counter is not None and "counter" in state:
             counter.load_state_dict(state["counter"])
+        if history["steps"] != total_steps:  # extended to more epochs
+            history.setdefault("extended_at", []).append(history["epochs_done"] * per_epoch)
+            history["steps"] = total_steps
+            if scheduler is not None:
+                _stretch_cosine(scheduler, optimizer, total_steps)
     device = torch.device(cfg.device)
     model.train()
     window = []
@@ -236,6 +251,17 @@ def train(model, physics, losses, dataset, cfg, folder, seed: int, epochs: int,
         torch.save(state, folder / "last.pt.tmp")
         (folder / "last.pt.tmp").replace(last)
     return history
+
+
+def _stretch_cosine(scheduler, optimizer, total_steps: int) -> None:
+    # continue a CosineAnnealingLR on a longer horizon: the closed form of the new schedule at the
+    # current step (the scheduler's recursive update is exact from a learning rate on the curve)
+    scheduler.T_max = total_steps
+    t = scheduler.last_epoch
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        eta = scheduler.eta_min
+        group["lr"] = eta + (base - eta) * (1 + math.cos(math.pi * t / total_steps)) / 2
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def flattened(history: dict, fraction: float = 0.2) -> float | None:
