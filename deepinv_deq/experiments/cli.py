@@ -132,7 +132,7 @@ def preset_table(fmt: str = "text") -> str:
         textwrap.fill(f"{r[0]}: {r[-1]}", 96, initial_indent="  ", subsequent_indent="    ")
         for r in rows
     ]
-    return "\n".join(table) + "\n" + "\n".join(wrapped)
+    return "\n".join(table) + "\nwhat each runs, and its time:\n" + "\n".join(wrapped)
 
 
 # ------------------------------------------------------------------------------------------------
