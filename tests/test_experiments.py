@@ -120,7 +120,9 @@ def test_pseudo_inverse_net_uses_fbp():
     model = PseudoInverseNet(None, init=pseudo_inverse("ct"))
     assert torch.allclose(model(y, physics), physics.A_dagger(y, fbp=True))
     # FBP is a far better linear reconstruction than the adjoint here
-    assert torch.norm(model(y, physics) - x) < torch.norm(physics.A_adjoint(y) - x)
+    assert torch.linalg.vector_norm(model(y, physics) - x) < torch.linalg.vector_norm(
+        physics.A_adjoint(y) - x
+    )
 
 
 @pytest.mark.parametrize("task", ["ct", "mri"])
@@ -160,7 +162,7 @@ def test_held_out_measurements_are_shared_and_evaluate_scores(tmp_path):
     a = held_out_measurements("ct", cfg)
     torch.manual_seed(99)  # the caller's RNG does not change the test noise
     b = held_out_measurements("ct", cfg)
-    assert all(torch.equal(ya, yb) for (_, ya), (_, yb) in zip(a, b))
+    assert all(torch.equal(ya, yb) for (_, ya), (_, yb) in zip(a, b, strict=True))
     val = held_out_measurements("ct", cfg, split="val")
     assert not torch.equal(val[0][0], a[0][0])  # validation and test images differ
     model = build_model("ct", "pinv", cfg)
@@ -184,7 +186,12 @@ def test_run_is_resumable_and_counts_solves(tmp_path):
     first = run("ct", "deq", "sup", cfg, tmp_path, **quiet)
     folder = run_dir(tmp_path, "ct", "deq", "sup")
     assert not first["skipped"] and (folder / "seed_0" / "model.pt").exists()
-    assert sorted(p.name for p in (folder / "seed_0").glob("*.pt")) == ["best.pt", "last.pt", "model.pt", "samples.pt"]
+    assert sorted(p.name for p in (folder / "seed_0").glob("*.pt")) == [
+        "best.pt",
+        "last.pt",
+        "model.pt",
+        "samples.pt",
+    ]
     # every solve is counted: training (forward + backward), validation and test
     assert first["fwd_converged"] == 1.0 and first["bwd_converged"] == 1.0
     counts = first["per_seed"][0]["train"]
@@ -243,11 +250,15 @@ def test_resumed_ei_run_equals_an_uninterrupted_one(tmp_path):
 
     model_b, physics, losses, gens = fresh(0)
     with pytest.raises(Interrupt):
-        train(model_b, physics, [*losses, Interrupting()], data, cfg, tmp_path / "b", seed=5, epochs=3)
+        train(
+            model_b, physics, [*losses, Interrupting()], data, cfg, tmp_path / "b", seed=5, epochs=3
+        )
     model_c, physics, losses, gens = fresh(7)  # a new process: other weights, fresh generators
-    history = train(model_c, physics, losses, data, cfg, tmp_path / "b", seed=5, epochs=3, generators=gens)
+    history = train(
+        model_c, physics, losses, data, cfg, tmp_path / "b", seed=5, epochs=3, generators=gens
+    )
     assert history["epochs_done"] == 3 and history["train_s"] > 0
-    for p, q in zip(model.parameters(), model_c.parameters()):
+    for p, q in zip(model.parameters(), model_c.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6)
 
 
@@ -269,9 +280,9 @@ def test_methods_share_batches_noise_and_transforms(tmp_path, monkeypatch):
         run("ct", method, "ei", cfg, tmp_path, progress=False, log=lambda *a: None)
     a, b = seen["DEQ"], seen["Unrolled"]
     assert len(a) == len(b) == 2
-    for (xa, ya, ta), (xb, yb, tb) in zip(a, b):
+    for (xa, ya, ta), (xb, yb, tb) in zip(a, b, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-        assert all(torch.equal(s, t) for s, t in zip(ta, tb))
+        assert all(torch.equal(s, t) for s, t in zip(ta, tb, strict=True))
 
 
 def test_paired_difference_and_flattening():
@@ -285,8 +296,12 @@ def test_paired_difference_and_flattening():
     assert d["hi"] - d["mean"] == pytest.approx(4.303 * 1.0 / 3**0.5, rel=1e-3)
     pinv = dict(seeds=[0], psnr_seeds=[25.0])  # deterministic method: paired with every seed
     assert paired_difference(a, pinv)["diffs"] == [5.0, 6.0, 7.0]
-    a["per_seed"] = [dict(seed=s, equivariance=e) for s, e in zip([0, 1, 2], [0.1, 0.2, 0.3])]
-    b["per_seed"] = [dict(seed=s, equivariance=e) for s, e in zip([0, 1, 2], [0.3, 0.3, 0.3])]
+    a["per_seed"] = [
+        dict(seed=s, equivariance=e) for s, e in zip([0, 1, 2], [0.1, 0.2, 0.3], strict=True)
+    ]
+    b["per_seed"] = [
+        dict(seed=s, equivariance=e) for s, e in zip([0, 1, 2], [0.3, 0.3, 0.3], strict=True)
+    ]
     assert paired_difference(a, b, "equivariance")["diffs"] == pytest.approx([-0.2, -0.1, 0.0])
     h = dict(val_step=[10, 20, 30, 40, 50], val_psnr=[20.0, 25.0, 27.0, 27.5, 27.6])
     assert flattened(h) == pytest.approx(0.1)  # from step 40 (80 %) to 50
@@ -294,14 +309,56 @@ def test_paired_difference_and_flattening():
 
 def _fake_results():
     return [
-        dict(task="ct", method="unet", regime="sup", psnr=[30.0, 32.0], psnr_mean=31.0, psnr_std=1.0,
-             ssim_mean=0.9, ssim_std=0.01, nfe=None, train_s=12.0, seeds=[0, 1], psnr_seeds=[30.5, 31.5]),
-        dict(task="ct", method="deq", regime="ei", psnr=[28.0, 29.0], psnr_mean=28.5, psnr_std=0.5,
-             ssim_mean=0.8, ssim_std=0.02, nfe=11.5, train_s=40.0, seeds=[0, 1], psnr_seeds=[28.0, 29.0],
-             fwd_converged=1.0, fwd_iters=11.5, bwd_converged=0.98, bwd_iters=9.0),
-        dict(task="ct", method="deq-jfb", regime="ei", psnr=[27.0, 28.0], psnr_mean=27.5, psnr_std=0.5,
-             ssim_mean=0.8, ssim_std=0.02, nfe=11.5, train_s=40.0, seeds=[0, 1], psnr_seeds=[27.0, 28.5],
-             fwd_converged=1.0, fwd_iters=11.5, bwd_converged=None, bwd_iters=None),
+        dict(
+            task="ct",
+            method="unet",
+            regime="sup",
+            psnr=[30.0, 32.0],
+            psnr_mean=31.0,
+            psnr_std=1.0,
+            ssim_mean=0.9,
+            ssim_std=0.01,
+            nfe=None,
+            train_s=12.0,
+            seeds=[0, 1],
+            psnr_seeds=[30.5, 31.5],
+        ),
+        dict(
+            task="ct",
+            method="deq",
+            regime="ei",
+            psnr=[28.0, 29.0],
+            psnr_mean=28.5,
+            psnr_std=0.5,
+            ssim_mean=0.8,
+            ssim_std=0.02,
+            nfe=11.5,
+            train_s=40.0,
+            seeds=[0, 1],
+            psnr_seeds=[28.0, 29.0],
+            fwd_converged=1.0,
+            fwd_iters=11.5,
+            bwd_converged=0.98,
+            bwd_iters=9.0,
+        ),
+        dict(
+            task="ct",
+            method="deq-jfb",
+            regime="ei",
+            psnr=[27.0, 28.0],
+            psnr_mean=27.5,
+            psnr_std=0.5,
+            ssim_mean=0.8,
+            ssim_std=0.02,
+            nfe=11.5,
+            train_s=40.0,
+            seeds=[0, 1],
+            psnr_seeds=[27.0, 28.5],
+            fwd_converged=1.0,
+            fwd_iters=11.5,
+            bwd_converged=None,
+            bwd_iters=None,
+        ),
     ]
 
 
@@ -319,7 +376,9 @@ def test_tables_and_figure(tmp_path):
     paths = write_tables(results, tmp_path, name="t", config={"seed": 0})
     with open(paths["csv"]) as f:
         rows = list(csv.DictReader(f))
-    assert [r["method"] for r in rows] == ["deq", "deq-jfb", "unet"] and float(rows[2]["psnr_mean"]) == 31.0
+    assert [r["method"] for r in rows] == ["deq", "deq-jfb", "unet"] and float(
+        rows[2]["psnr_mean"]
+    ) == 31.0
     data = json.loads(paths["json"].read_text())
     assert data["config"] == {"seed": 0} and data["runs"][0]["psnr"] == [28.0, 29.0]
     assert data["comparisons"][0]["diffs"] == [1.0, 0.5]

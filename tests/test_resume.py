@@ -76,7 +76,9 @@ def _data():
 
 def _trainer(seed: int, save_path: Path, epochs: int, interrupt_at=None, ckpt=None):
     torch.manual_seed(seed)
-    model = DEQ(denoiser=TinyDenoiser(), stepsize=0.9, trainable_params=("stepsize",), max_iter=40, tol=1e-6)
+    model = DEQ(
+        denoiser=TinyDenoiser(), stepsize=0.9, trainable_params=("stepsize",), max_iter=40, tol=1e-6
+    )
     physics, loader = _data()
     losses = [InterruptingLoss(dinv.loss.SupLoss(), interrupt_at), dinv.loss.MCLoss()]
     return dinv.Trainer(
@@ -112,7 +114,12 @@ def test_interrupted_training_resumes_to_the_same_parameters(tmp_path):
     ref_params, ref_moments = _state(full)
 
     # interrupted in the middle of epoch 2 (step 2 of epoch 2 = loss call 2 * 2 + 2)
-    crashed = _trainer(seed=0, save_path=tmp_path / "crashed", epochs=EPOCHS, interrupt_at=2 * (N_DATA // BATCH) + 2)
+    crashed = _trainer(
+        seed=0,
+        save_path=tmp_path / "crashed",
+        epochs=EPOCHS,
+        interrupt_at=2 * (N_DATA // BATCH) + 2,
+    )
     with pytest.raises(Interrupt):
         crashed.train()
     checkpoints = sorted((tmp_path / "crashed").glob("*/ckp_*.pth.tar"))
@@ -121,7 +128,9 @@ def test_interrupted_training_resumes_to_the_same_parameters(tmp_path):
 
     # restart: other initial weights, so that only the checkpoint can make the runs agree
     resumed = _trainer(seed=123, save_path=tmp_path / "resumed", epochs=EPOCHS, ckpt=last)
-    assert not torch.equal(resumed.model.map.denoiser.conv.weight, ref_params["map.denoiser.conv.weight"])
+    assert not torch.equal(
+        resumed.model.map.denoiser.conv.weight, ref_params["map.denoiser.conv.weight"]
+    )
     resumed.train()
     assert resumed.epoch_start == 2
     params, moments = _state(resumed)
@@ -129,7 +138,7 @@ def test_interrupted_training_resumes_to_the_same_parameters(tmp_path):
     assert params.keys() == ref_params.keys()
     for name in ref_params:
         assert torch.allclose(params[name], ref_params[name], rtol=1e-6, atol=1e-7), name
-    for m, ref in zip(moments, ref_moments):
+    for m, ref in zip(moments, ref_moments, strict=True):
         assert torch.allclose(m, ref, rtol=1e-6, atol=1e-9)
     # the run trained at all: the step size moved away from its initial value
     assert abs(float(ref_params["map.stepsize"]) - 0.9) > 1e-4

@@ -20,8 +20,17 @@ _LAZY = {
 }
 
 __all__ = [
-    "ExperimentConfig", "METHODS", "PRESETS", "REGIMES", "TASKS",
-    "Unrolled", "PseudoInverseNet", "build_model", "build_losses", "run", "evaluate",
+    "ExperimentConfig",
+    "METHODS",
+    "PRESETS",
+    "REGIMES",
+    "TASKS",
+    "Unrolled",
+    "PseudoInverseNet",
+    "build_model",
+    "build_losses",
+    "run",
+    "evaluate",
 ]
 
 

@@ -41,12 +41,42 @@ DEMO_RUNS = (
     ("pinv", "none"),
 )
 
-_TINY = dict(img_size=16, n_train=4, n_val=2, n_test=2, epochs=1, batch_size=2, max_iter=60,
-             backward_max_iter=60, unrolled_iters=3, depth=3, width=8, views=6, denoiser_epochs=1,
-             seeds=1, eval_every=0)
-_DEMO = dict(img_size=32, mri_img_size=64, n_train=64, n_val=8, n_test=32, epochs=16, batch_size=8,
-             max_iter=100, backward_max_iter=100, unrolled_iters=0, depth=5, width=16, views=12,
-             denoiser_epochs=20, seeds=3, eval_every=8, equivariance=True)
+_TINY = dict(
+    img_size=16,
+    n_train=4,
+    n_val=2,
+    n_test=2,
+    epochs=1,
+    batch_size=2,
+    max_iter=60,
+    backward_max_iter=60,
+    unrolled_iters=3,
+    depth=3,
+    width=8,
+    views=6,
+    denoiser_epochs=1,
+    seeds=1,
+    eval_every=0,
+)
+_DEMO = dict(
+    img_size=32,
+    mri_img_size=64,
+    n_train=64,
+    n_val=8,
+    n_test=32,
+    epochs=16,
+    batch_size=8,
+    max_iter=100,
+    backward_max_iter=100,
+    unrolled_iters=0,
+    depth=5,
+    width=16,
+    views=12,
+    denoiser_epochs=20,
+    seeds=3,
+    eval_every=8,
+    equivariance=True,
+)
 #: size presets. CT views scale with the image side as in the paper (50 views for 128 x 128
 #: images), so the problem stays under-determined. Every DEQ solve runs to ``tol = 1e-4`` forward
 #: and backward, with caps (100) that the contractive denoisers do not reach.
@@ -61,13 +91,42 @@ PRESETS = {
     # former name of the cpu table
     "repro": dict(_DEMO),
     # sized for <= 8 minutes on one H200 (unmeasured): CT 128 x 128, 50 views, ID vs JFB vs sup
-    "gpu": dict(img_size=128, n_train=512, n_val=16, n_test=64, epochs=6, batch_size=16,
-                max_iter=100, backward_max_iter=100, unrolled_iters=0, depth=7, width=32, views=50,
-                denoiser_epochs=20, seeds=3, eval_every=32),
+    "gpu": dict(
+        img_size=128,
+        n_train=512,
+        n_val=16,
+        n_test=64,
+        epochs=6,
+        batch_size=16,
+        max_iter=100,
+        backward_max_iter=100,
+        unrolled_iters=0,
+        depth=7,
+        width=32,
+        views=50,
+        denoiser_epochs=20,
+        seeds=3,
+        eval_every=32,
+    ),
     # paper-like settings (GPU)
-    "paper": dict(img_size=128, n_train=2000, n_val=50, n_test=100, epochs=100, batch_size=8,
-                  max_iter=150, backward_max_iter=150, unrolled_iters=0, depth=7, width=64,
-                  views=50, denoiser_epochs=50, seeds=3, eval_every=250, equivariance=True),
+    "paper": dict(
+        img_size=128,
+        n_train=2000,
+        n_val=50,
+        n_test=100,
+        epochs=100,
+        batch_size=8,
+        max_iter=150,
+        backward_max_iter=150,
+        unrolled_iters=0,
+        depth=7,
+        width=64,
+        views=50,
+        denoiser_epochs=50,
+        seeds=3,
+        eval_every=250,
+        equivariance=True,
+    ),
 }
 
 
@@ -75,15 +134,15 @@ PRESETS = {
 PRESET_NOTES = {
     "tiny": "every method in seconds (used by the tests)",
     "demo": "CT: EI-DEQ implicit and JFB, supervised DEQ (3 seeds each), untrained DEQ, FBP; "
-            "7.0 min (423 s wall, 419 s CPU, --threads 1, idle 2-core machine, 2026-11-30)",
+    "7.0 min (423 s wall, 419 s CPU, --threads 1, idle 2-core machine, 2026-11-30)",
     "cpu": "CT 32x32 and MRI 64x64, every method and regime (3 seeds); the demo's runs are its CT "
-           "runs; the runs of docs/results.rst took 1008 s (CT) and 1721 s (MRI) of CPU time on "
-           "one thread",
+    "runs; the runs of docs/results.rst took 1008 s (CT) and 1721 s (MRI) of CPU time on "
+    "one thread",
     "repro": "former name of cpu",
     "gpu": "table: CT 128x128, 50 views, deq and deq-jfb in sup and ei (ID vs JFB vs supervised, "
-           "3 seeds); sized for <= 8 min on one H200 but UNMEASURED (no GPU was available to us)",
+    "3 seeds); sized for <= 8 min on one H200 but UNMEASURED (no GPU was available to us)",
     "paper": "paper-like settings (GPU: 128x128, 2000 images, 100 epochs, tol 1e-4, contractive "
-             "init); unmeasured",
+    "init); unmeasured",
 }
 
 #: runs ``deepinv-deq table`` selects for a preset when ``--tasks``, ``--methods`` or ``--regimes``
@@ -173,8 +232,21 @@ class ExperimentConfig:
 
     def __post_init__(self):
         o = "ExperimentConfig"
-        for name in ("img_size", "n_train", "n_val", "n_test", "epochs", "batch_size", "seeds",
-                     "max_iter", "backward_max_iter", "depth", "width", "views", "denoiser_epochs"):
+        for name in (
+            "img_size",
+            "n_train",
+            "n_val",
+            "n_test",
+            "epochs",
+            "batch_size",
+            "seeds",
+            "max_iter",
+            "backward_max_iter",
+            "depth",
+            "width",
+            "views",
+            "denoiser_epochs",
+        ):
             setattr(self, name, check_int(o, name, getattr(self, name), 1))
         for name in ("mri_img_size", "unrolled_iters", "eval_every"):
             setattr(self, name, check_int(o, name, getattr(self, name), 0))
@@ -185,21 +257,39 @@ class ExperimentConfig:
             raise ValueError(f"{o}: 'depth' must be >= 2, got {self.depth}.")
         self.acceleration = check_int(o, "acceleration", self.acceleration, 2)
         self.seed = check_int(o, "seed", self.seed, 0)
-        for name in ("lr", "tol", "backward_tol", "sigma_denoiser", "stepsize", "red_lambda", "epsilon"):
+        for name in (
+            "lr",
+            "tol",
+            "backward_tol",
+            "sigma_denoiser",
+            "stepsize",
+            "red_lambda",
+            "epsilon",
+        ):
             setattr(self, name, check_float(o, name, getattr(self, name), 0.0, strict_min=True))
         if self.epsilon > 1:
             raise ValueError(f"{o}: 'epsilon' must be in (0, 1], got {self.epsilon}.")
-        self.center_fraction = check_float(o, "center_fraction", self.center_fraction, 0.0, 1.0, strict_min=True)
+        self.center_fraction = check_float(
+            o, "center_fraction", self.center_fraction, 0.0, 1.0, strict_min=True
+        )
         for name in ("ct_noise", "mri_noise", "ei_weight"):
             setattr(self, name, check_float(o, name, getattr(self, name), 0.0))
         if not isinstance(self.equivariance, bool):
-            raise ValueError(f"{o}: 'equivariance' must be True or False, got {self.equivariance!r}.")
+            raise ValueError(
+                f"{o}: 'equivariance' must be True or False, got {self.equivariance!r}."
+            )
         self.transform = check_choice(o, "transform", self.transform, ("rotate", "shift"))
         self.lr_schedule = check_choice(o, "lr_schedule", self.lr_schedule, ("cosine", "constant"))
         if not isinstance(self.data, str) or not self.data:
             raise ValueError(f"{o}: 'data' must be 'phantoms' or a folder, got {self.data!r}.")
-        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"{o}: 'device' must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}.")
+        if not isinstance(self.device, str) or self.device.split(":")[0] not in (
+            "cpu",
+            "cuda",
+            "mps",
+        ):
+            raise ValueError(
+                f"{o}: 'device' must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}."
+            )
 
     def size_of(self, task: str) -> int:
         r"""Image side of ``task`` (``mri_img_size`` for MRI when set, else ``img_size``)."""

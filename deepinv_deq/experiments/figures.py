@@ -49,8 +49,15 @@ def _pyplot():
     return plt
 
 
-def reconstructions(results: list[dict], out, task: str, path, reference=None, error_max: float = 0.2,
-                    max_cols: int = 7) -> Path:
+def reconstructions(
+    results: list[dict],
+    out,
+    task: str,
+    path,
+    reference=None,
+    error_max: float = 0.2,
+    max_cols: int = 7,
+) -> Path:
     r"""Ground truth and the reconstruction of the first test image by every run of ``task``
     (top row, PSNR in the title, one grey scale from 0 to the ground truth's maximum), with the
     absolute error maps below (shared colour scale ``[0, error_max]``).
@@ -70,8 +77,11 @@ def reconstructions(results: list[dict], out, task: str, path, reference=None, e
     plt = _pyplot()
     panels = []
     for r in rows([r for r in results if r["task"] == task]):
-        full = next(x for x in results if x["task"] == task and x["method"] == r["method"]
-                    and x["regime"] == r["regime"])
+        full = next(
+            x
+            for x in results
+            if x["task"] == task and x["method"] == r["method"] and x["regime"] == r["regime"]
+        )
         samples = torch.load(run_dir(out, task, r["method"], r["regime"]) / "samples.pt")
         panels.append((label(r["method"], r["regime"], task), samples[0], full["psnr"][0]))
     if reference is not None:
@@ -92,8 +102,15 @@ def reconstructions(results: list[dict], out, task: str, path, reference=None, e
         top.imshow(img[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=vmax)
         top.set_title(name if psnr is None else f"{name}\n{psnr:.2f} dB", fontsize=FONT)
         if psnr is None:  # the ground truth: explain the row below
-            bottom.text(0.5, 0.5, "absolute error\n|reconstruction - truth|", ha="center",
-                        va="center", fontsize=FONT, transform=bottom.transAxes)
+            bottom.text(
+                0.5,
+                0.5,
+                "absolute error\n|reconstruction - truth|",
+                ha="center",
+                va="center",
+                fontsize=FONT,
+                transform=bottom.transAxes,
+            )
         elif reference is not None:
             bottom.axis("on")
             err = (img[0].clamp(0, 1) - reference[0]).abs().numpy()
@@ -134,10 +151,15 @@ def training_curves(results: list[dict], out, task: str, path) -> Path | None:
             k = min(len(h[ys]) for h in hist)
             steps = hist[0][xs][:k]
             values = torch.tensor([h[ys][:k] for h in hist], dtype=torch.float64)
-            line, = ax.plot(steps, values.mean(0).tolist(), label=name, lw=1.8)
+            (line,) = ax.plot(steps, values.mean(0).tolist(), label=name, lw=1.8)
             if len(hist) > 1:
-                ax.fill_between(steps, values.min(0).values.tolist(), values.max(0).values.tolist(),
-                                color=line.get_color(), alpha=0.2)
+                ax.fill_between(
+                    steps,
+                    values.min(0).values.tolist(),
+                    values.max(0).values.tolist(),
+                    color=line.get_color(),
+                    alpha=0.2,
+                )
         drawn += 1
     if not drawn:
         plt.close(fig)
@@ -150,7 +172,9 @@ def training_curves(results: list[dict], out, task: str, path) -> Path | None:
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=FONT - 1)
-    fig.suptitle(f"{task.upper()}: training curves (mean over seeds, band = min-max)", fontsize=FONT + 1)
+    fig.suptitle(
+        f"{task.upper()}: training curves (mean over seeds, band = min-max)", fontsize=FONT + 1
+    )
     handles, names = left.get_legend_handles_labels()
     fig.legend(handles, names, loc="center right", fontsize=FONT - 1, frameon=False)
     fig.tight_layout(rect=(0, 0, 0.8, 1))

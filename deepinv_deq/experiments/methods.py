@@ -64,18 +64,26 @@ def matched_unet(task: str, cfg: ExperimentConfig) -> torch.nn.Module:
 
     c = channels(task)
     target = n_parameters(build_denoiser(task, cfg))
+
+    def unet(w: int) -> torch.nn.Module:
+        return dinv.models.UNet(
+            in_channels=c,
+            out_channels=c,
+            scales=2,
+            batch_norm=False,
+            residual=True,
+            channels_per_scale=[w, 2 * w],
+        )
+
     best = None
     for w in range(2, 129):
-        net = dinv.models.UNet(in_channels=c, out_channels=c, scales=2, batch_norm=False,
-                               residual=True, channels_per_scale=[w, 2 * w])
-        gap = abs(n_parameters(net) - target)
+        size = n_parameters(unet(w))
+        gap = abs(size - target)
         if best is None or gap < best[0]:
             best = (gap, w)
-        elif n_parameters(net) > target:
+        elif size > target:
             break
-    w = best[1]
-    return dinv.models.UNet(in_channels=c, out_channels=c, scales=2, batch_norm=False,
-                            residual=True, channels_per_scale=[w, 2 * w])
+    return unet(best[1])
 
 
 class Unrolled(Reconstructor):
@@ -166,7 +174,9 @@ class PseudoInverseNet(Reconstructor):
             return self.backbone(x)
 
 
-def build_model(task: str, method: str, cfg: ExperimentConfig, denoiser=None, settings: dict | None = None) -> torch.nn.Module:
+def build_model(
+    task: str, method: str, cfg: ExperimentConfig, denoiser=None, settings: dict | None = None
+) -> torch.nn.Module:
     r"""The reconstructor of ``method`` for ``task``.
 
     :param str task: ``"ct"`` or ``"mri"``.
@@ -191,7 +201,9 @@ def build_model(task: str, method: str, cfg: ExperimentConfig, denoiser=None, se
         kwargs = dict(
             denoiser=denoiser,
             iteration="RED" if method == "red" else "PGD",
-            stepsize=settings.get("stepsize", cfg.stepsize / (1 + lam) if method == "red" else cfg.stepsize),
+            stepsize=settings.get(
+                "stepsize", cfg.stepsize / (1 + lam) if method == "red" else cfg.stepsize
+            ),
             sigma_denoiser=cfg.sigma_denoiser,
             max_iter=cfg.max_iter,
             tol=cfg.tol,
@@ -202,12 +214,18 @@ def build_model(task: str, method: str, cfg: ExperimentConfig, denoiser=None, se
         if method == "red":
             kwargs["lambda_reg"] = lam
         if method != "deq-jfb":
-            kwargs.update(backward_max_iter=cfg.backward_max_iter, backward_tol=cfg.backward_tol,
-                          backward_solver="anderson")
+            kwargs.update(
+                backward_max_iter=cfg.backward_max_iter,
+                backward_tol=cfg.backward_tol,
+                backward_solver="anderson",
+            )
         model = DEQ(**kwargs)
     elif method == "unrolled":
-        fmap = PGDMap(denoiser if denoiser is not None else build_denoiser(task, cfg),
-                      stepsize=cfg.stepsize, sigma_denoiser=cfg.sigma_denoiser)
+        fmap = PGDMap(
+            denoiser if denoiser is not None else build_denoiser(task, cfg),
+            stepsize=cfg.stepsize,
+            sigma_denoiser=cfg.sigma_denoiser,
+        )
         k = cfg.unrolled_iters or settings.get("unrolled_iters", 10)
         model = Unrolled(fmap, n_iter=k, init=init)
     elif method == "unet":

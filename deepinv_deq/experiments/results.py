@@ -11,11 +11,40 @@ from pathlib import Path
 from .configs import METHODS, REGIMES
 
 REGIME_NAMES = {"sup": "supervised", "ei": "EI (MC + EI)", "mc": "MC only", "none": "-"}
-COLUMNS = ("task", "method", "regime", "psnr_mean", "psnr_std", "std_over", "ssim_mean", "ssim_std",
-           "nfe", "fwd_converged", "fwd_iters", "bwd_converged", "bwd_iters", "equivariance", "train_s")
+COLUMNS = (
+    "task",
+    "method",
+    "regime",
+    "psnr_mean",
+    "psnr_std",
+    "std_over",
+    "ssim_mean",
+    "ssim_std",
+    "nfe",
+    "fwd_converged",
+    "fwd_iters",
+    "bwd_converged",
+    "bwd_iters",
+    "equivariance",
+    "train_s",
+)
 #: two-sided 95 % quantiles of Student's t distribution, by degrees of freedom
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-        10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+_T95 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+}
 
 
 def t95(df: int) -> float:
@@ -38,7 +67,7 @@ def rows(results: list[dict]) -> list[dict]:
 
 def _per_seed(r: dict, key: str) -> dict:
     if key == "psnr":
-        return dict(zip(r.get("seeds", []), r.get("psnr_seeds", [])))
+        return dict(zip(r.get("seeds", []), r.get("psnr_seeds", []), strict=False))
     return {x["seed"]: x[key] for x in r.get("per_seed", []) if x.get(key) is not None}
 
 
@@ -123,13 +152,30 @@ def _cells(r: dict) -> list[str]:
         ssim += f" ± {r['ssim_std']:.3f}"
     eq = "-" if r.get("equivariance") is None else f"{r['equivariance']:.2e}"
     tr = "-" if not r.get("train_s") else f"{r['train_s']:.0f}"
-    return [r["task"].upper(), r["method"], REGIME_NAMES[r["regime"]], psnr, ssim,
-            _pct(r.get("fwd_converged"), r.get("fwd_iters")),
-            _pct(r.get("bwd_converged"), r.get("bwd_iters")), eq, tr]
+    return [
+        r["task"].upper(),
+        r["method"],
+        REGIME_NAMES[r["regime"]],
+        psnr,
+        ssim,
+        _pct(r.get("fwd_converged"), r.get("fwd_iters")),
+        _pct(r.get("bwd_converged"), r.get("bwd_iters")),
+        eq,
+        tr,
+    ]
 
 
-HEADER = ["task", "method", "training", "PSNR (dB)", "SSIM", "fwd converged (iters)",
-          "bwd converged (iters)", "equivariance error", "train CPU (s)"]
+HEADER = [
+    "task",
+    "method",
+    "training",
+    "PSNR (dB)",
+    "SSIM",
+    "fwd converged (iters)",
+    "bwd converged (iters)",
+    "equivariance error",
+    "train CPU (s)",
+]
 
 
 def markdown(results: list[dict], title: str | None = None) -> str:
@@ -143,14 +189,20 @@ def markdown(results: list[dict], title: str | None = None) -> str:
         lines.append("| " + " | ".join(_cells(r)) + " |")
     comp = comparisons(results)
     if comp:
-        lines += ["", "| task | paired difference (PSNR in dB) | mean | 95% interval | seeds |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| task | paired difference (PSNR in dB) | mean | 95% interval | seeds |",
+            "|---|---|---|---|---|",
+        ]
         for c in comp:
             mean, ci = _interval(c)
             lines.append(f"| {c['task'].upper()} | {c['label']} | {mean} | {ci} | {c['n']} |")
     return "\n".join(lines) + "\n"
 
 
-def write_tables(results: list[dict], out, name: str = "results", config: dict | None = None) -> dict:
+def write_tables(
+    results: list[dict], out, name: str = "results", config: dict | None = None
+) -> dict:
     r"""Write ``name.md``, ``name.csv`` and ``name.json`` into ``out``.
 
     :param list results: the runs' results (from :func:`deepinv_deq.experiments.runner.run`).
@@ -168,8 +220,9 @@ def write_tables(results: list[dict], out, name: str = "results", config: dict |
         w.writeheader()
         w.writerows(rows(results))
     full = [{k: v for k, v in r.items() if k != "skipped"} for r in sorted(results, key=_order)]
-    paths["json"].write_text(json.dumps({"config": config, "runs": full,
-                                         "comparisons": comparisons(results)}, indent=1))
+    paths["json"].write_text(
+        json.dumps({"config": config, "runs": full, "comparisons": comparisons(results)}, indent=1)
+    )
     return paths
 
 
@@ -198,11 +251,24 @@ def rst(results: list[dict]) -> str:
         lines += [f"     - {c}" if c != "-" else "     - \\-" for c in cells[1:]]
     comp = comparisons(results)
     if comp:
-        lines += ["", ".. list-table::", "   :header-rows: 1", "",
-                  "   * - task", "     - paired difference (PSNR in dB)", "     - mean",
-                  "     - 95% interval", "     - seeds"]
+        lines += [
+            "",
+            ".. list-table::",
+            "   :header-rows: 1",
+            "",
+            "   * - task",
+            "     - paired difference (PSNR in dB)",
+            "     - mean",
+            "     - 95% interval",
+            "     - seeds",
+        ]
         for c in comp:
             mean, ci = _interval(c)
-            lines += [f"   * - {c['task'].upper()}", f"     - {c['label']}", f"     - {mean}",
-                      f"     - {ci if ci != '-' else 'n/a'}", f"     - {c['n']}"]
+            lines += [
+                f"   * - {c['task'].upper()}",
+                f"     - {c['label']}",
+                f"     - {mean}",
+                f"     - {ci if ci != '-' else 'n/a'}",
+                f"     - {c['n']}",
+            ]
     return "\n".join(lines) + "\n"

@@ -71,8 +71,11 @@ def _check_settings(folder: Path, cfg: ExperimentConfig) -> None:
         old = json.loads(path.read_text())
         if old != key:
             diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
-            hint = ("; to train it longer, add --extend" if diff == ["epochs"]
-                    and key["epochs"] > old["epochs"] else "")
+            hint = (
+                "; to train it longer, add --extend"
+                if diff == ["epochs"] and key["epochs"] > old["epochs"]
+                else ""
+            )
             raise RunSettingsError(
                 f"'{folder}' holds a run with other settings ({', '.join(diff)} differ); "
                 f"use another --out, --overwrite or delete the folder{hint}."
@@ -112,7 +115,9 @@ def extend_settings(folder: Path, cfg: ExperimentConfig) -> int | None:
     return old["epochs"]
 
 
-def _extend(out: Path, folder: Path, task: str, method: str, cfg: ExperimentConfig, log, label) -> None:
+def _extend(
+    out: Path, folder: Path, task: str, method: str, cfg: ExperimentConfig, log, label
+) -> None:
     # the Gaussian denoisers of PnP/RED do not depend on 'epochs': accept the new total for them
     for denoiser in sorted((out / task).glob("denoiser_*")):
         extend_settings(denoiser, cfg)
@@ -142,8 +147,14 @@ class _DenoiserReconstructor(torch.nn.Module):
         return self.denoiser(y, self.sigma)
 
 
-def train_denoiser(task: str, cfg: ExperimentConfig, out: Path, sigma: float | None = None,
-                   progress: bool = True, log=print):
+def train_denoiser(
+    task: str,
+    cfg: ExperimentConfig,
+    out: Path,
+    sigma: float | None = None,
+    progress: bool = True,
+    log=print,
+):
     r"""The denoiser of PnP/RED, trained once per task and noise level ``sigma`` (default
     ``cfg.sigma_denoiser``) as a Gaussian denoiser on the clean training images; cached in
     ``OUT/<task>/denoiser_<sigma>``.
@@ -162,11 +173,25 @@ def train_denoiser(task: str, cfg: ExperimentConfig, out: Path, sigma: float | N
         denoiser.load_state_dict(torch.load(weights, map_location=cfg.device))
         return denoiser
     noise = _generator(cfg, task, "denoiser-noise", str(sigma))
-    physics = dinv.physics.Denoising(dinv.physics.GaussianNoise(sigma=sigma, rng=noise), device=cfg.device)
-    data = load_dataset(cfg.data, task, cfg.n_train, cfg.size_of(task), cfg.seed, split=0, counts=_counts(cfg))
+    physics = dinv.physics.Denoising(
+        dinv.physics.GaussianNoise(sigma=sigma, rng=noise), device=cfg.device
+    )
+    data = load_dataset(
+        cfg.data, task, cfg.n_train, cfg.size_of(task), cfg.seed, split=0, counts=_counts(cfg)
+    )
     model = _DenoiserReconstructor(denoiser, sigma)
-    train(model, physics, [dinv.loss.SupLoss()], data, cfg, folder, _seed_for(cfg, task, "denoiser"),
-          cfg.denoiser_epochs, label=f"{task} denoiser {sigma:g}", log=log)
+    train(
+        model,
+        physics,
+        [dinv.loss.SupLoss()],
+        data,
+        cfg,
+        folder,
+        _seed_for(cfg, task, "denoiser"),
+        cfg.denoiser_epochs,
+        label=f"{task} denoiser {sigma:g}",
+        log=log,
+    )
     torch.save(denoiser.state_dict(), weights)
     return denoiser
 
@@ -183,7 +208,9 @@ def held_out_measurements(task: str, cfg: ExperimentConfig, physics=None, split:
     :return: list of ``(x, y)`` batches on ``cfg.device``.
     """
     index, n = {"test": (1, cfg.n_test), "val": (2, cfg.n_val)}[split]
-    data = load_dataset(cfg.data, task, n, cfg.size_of(task), cfg.seed, split=index, counts=_counts(cfg))
+    data = load_dataset(
+        cfg.data, task, n, cfg.size_of(task), cfg.seed, split=index, counts=_counts(cfg)
+    )
     noisy = build_physics(task, cfg, rng=_generator(cfg, task, f"{split}-noise"))
     batches = []
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=False)
@@ -250,11 +277,16 @@ def _equivariance(model, task, cfg, physics, batches) -> float:
     from ..diagnostics import equivariance_error
 
     rng = _generator(cfg, task, "equivariance")
-    transform = (dinv.transform.Rotate(interpolation_mode="bilinear", rng=rng)
-                 if cfg.transform == "rotate" else dinv.transform.Shift(rng=rng))
+    transform = (
+        dinv.transform.Rotate(interpolation_mode="bilinear", rng=rng)
+        if cfg.transform == "rotate"
+        else dinv.transform.Shift(rng=rng)
+    )
     model.eval()
     with torch.no_grad():
-        return float(equivariance_error(model, physics, transform, [x for x, _ in batches], n_draws=2))
+        return float(
+            equivariance_error(model, physics, transform, [x for x, _ in batches], n_draws=2)
+        )
 
 
 def _choose_fixed(task, method, cfg, out, physics, val, progress, log):
@@ -266,8 +298,11 @@ def _choose_fixed(task, method, cfg, out, physics, val, progress, log):
     for sigma in PNP_SIGMAS:
         denoiser = train_denoiser(task, cfg, out, sigma, progress, log)
         for value in grid:
-            settings = ({"stepsize": value} if method == "pnp"
-                        else {"lambda_reg": value, "stepsize": cfg.stepsize / (1 + value)})
+            settings = (
+                {"stepsize": value}
+                if method == "pnp"
+                else {"lambda_reg": value, "stepsize": cfg.stepsize / (1 + value)}
+            )
             model = build_model(task, method, cfg, denoiser=denoiser, settings=settings)
             score = validation_psnr(model, physics, val, magnitude)
             tried.append(dict(sigma=sigma, **settings, val_psnr=score))
@@ -304,10 +339,14 @@ def _run_seed(task, method, regime, cfg, out, seed, physics, val, test, progress
     scfg = ExperimentConfig(**{**cfg.to_dict(), "seed": seed})
     extra, denoiser, settings = {}, None, {}
     if method in ("pnp", "red"):
-        denoiser, settings, tried = _choose_fixed(task, method, cfg, out, physics, val, progress, log)
+        denoiser, settings, tried = _choose_fixed(
+            task, method, cfg, out, physics, val, progress, log
+        )
         extra.update(settings=settings, tried=tried)
-    earlier = sorted((int(p.stem[len("result_epochs"):]), json.loads(p.read_text()))
-                     for p in folder.glob("result_epochs*.json"))
+    earlier = sorted(
+        (int(p.stem[len("result_epochs") :]), json.loads(p.read_text()))
+        for p in folder.glob("result_epochs*.json")
+    )
     if earlier:  # an extended run: keep the K it was trained with
         extra["extended_from_epochs"] = [e for e, _ in earlier]
         earlier = [r for _, r in earlier]
@@ -317,7 +356,8 @@ def _run_seed(task, method, regime, cfg, out, seed, physics, val, test, progress
             extra["unrolled_iters_from"] = earlier[0].get("unrolled_iters_from")
         else:
             settings["unrolled_iters"], extra["unrolled_iters_from"] = _unrolled_iters(
-                task, regime, cfg, out, seed, physics, val)
+                task, regime, cfg, out, seed, physics, val
+            )
         extra["unrolled_iters"] = settings["unrolled_iters"]
     # the same initial weights for every method of a seed (same initialisation seed)
     torch.manual_seed(_seed_for(scfg, task, "init"))
@@ -329,12 +369,26 @@ def _run_seed(task, method, regime, cfg, out, seed, physics, val, test, progress
         transforms = _generator(scfg, task, "transforms")
         train_physics = build_physics(task, cfg, rng=noise)
         losses = build_losses(regime, cfg, rng=transforms)
-        data = load_dataset(cfg.data, task, cfg.n_train, cfg.size_of(task), cfg.seed, split=0,
-                            counts=_counts(cfg))
+        data = load_dataset(
+            cfg.data, task, cfg.n_train, cfg.size_of(task), cfg.seed, split=0, counts=_counts(cfg)
+        )
         log(f"{label}: training {cfg.epochs} epochs on {cfg.n_train} images (seed {seed})")
-        history = train(model, train_physics, losses, data, cfg, folder, _seed_for(scfg, task, "batches"),
-                        cfg.epochs, val_batches=val, to_image=magnitude, counter=counter, label=label,
-                        progress=progress, log=log)
+        history = train(
+            model,
+            train_physics,
+            losses,
+            data,
+            cfg,
+            folder,
+            _seed_for(scfg, task, "batches"),
+            cfg.epochs,
+            val_batches=val,
+            to_image=magnitude,
+            counter=counter,
+            label=label,
+            progress=progress,
+            log=log,
+        )
         torch.save(model.state_dict(), folder / "model.pt")
         (folder / "history.json").write_text(json.dumps(history, indent=1))
     result = evaluate(model, task, cfg, physics, test, counter=counter)
@@ -380,7 +434,9 @@ def aggregate(task: str, method: str, regime: str, per_seed: list[dict]) -> dict
         out[key] = per_image.mean(0).tolist()
         out[f"{key}_seeds"] = means.tolist()
         out[f"{key}_mean"] = float(means.mean())
-        out[f"{key}_std"] = float(means.std(unbiased=True)) if len(per_seed) > 1 else per_seed[0][f"{key}_std"]
+        out[f"{key}_std"] = (
+            float(means.std(unbiased=True)) if len(per_seed) > 1 else per_seed[0][f"{key}_std"]
+        )
     out["std_over"] = "seeds" if len(per_seed) > 1 else "images"
     nfe = [r["nfe"] for r in per_seed if r.get("nfe") is not None]
     out["nfe"] = sum(nfe) / len(nfe) if nfe else None
@@ -391,19 +447,41 @@ def aggregate(task: str, method: str, regime: str, per_seed: list[dict]) -> dict
         out["bwd_converged"] = _fraction(per_seed, "backward")
         out["fwd_iters"] = _mean_iters(per_seed, "forward")
         out["bwd_iters"] = _mean_iters(per_seed, "backward")
-        out["fwd_iters_max"] = max(r["counts"][p]["forward"]["nfe_max"] for r in per_seed for p in r["counts"])
-        out["bwd_iters_max"] = max(r["counts"][p]["backward"]["nfe_max"] for r in per_seed for p in r["counts"])
-    for key in ("equivariance", "val_change_last20", "unrolled_iters", "unrolled_iters_from", "settings"):
+        out["fwd_iters_max"] = max(
+            r["counts"][p]["forward"]["nfe_max"] for r in per_seed for p in r["counts"]
+        )
+        out["bwd_iters_max"] = max(
+            r["counts"][p]["backward"]["nfe_max"] for r in per_seed for p in r["counts"]
+        )
+    for key in (
+        "equivariance",
+        "val_change_last20",
+        "unrolled_iters",
+        "unrolled_iters_from",
+        "settings",
+    ):
         values = [r[key] for r in per_seed if r.get(key) is not None]
         if values:
-            out[key] = sum(values) / len(values) if isinstance(values[0], (int, float)) else values[0]
+            out[key] = (
+                sum(values) / len(values) if isinstance(values[0], (int, float)) else values[0]
+            )
     out["per_seed"] = [{k: v for k, v in r.items() if k not in ("counts",)} for r in per_seed]
     return out
 
 
-def run(task: str, method: str, regime: str | None, cfg: ExperimentConfig, out,
-        progress: bool = True, log=print, label: str | None = None, verbose: bool = False,
-        overwrite: bool = False, extend: bool = False) -> dict:
+def run(
+    task: str,
+    method: str,
+    regime: str | None,
+    cfg: ExperimentConfig,
+    out,
+    progress: bool = True,
+    log=print,
+    label: str | None = None,
+    verbose: bool = False,
+    overwrite: bool = False,
+    extend: bool = False,
+) -> dict:
     r"""Train (if needed, once per seed of ``cfg.seed_list()``) and evaluate one run; resumable.
 
     Methods without training (``pinv``, ``pnp-tv``, ``deq-init``, ``pnp``, ``red``) run once.
@@ -448,7 +526,9 @@ def run(task: str, method: str, regime: str | None, cfg: ExperimentConfig, out,
     seeds = [cfg.seed] if method in FIXED else cfg.seed_list()
     per_seed, samples = [], None
     for seed in seeds:
-        result, s = _run_seed(task, method, regime, cfg, out, seed, physics, val, test, progress, log, label)
+        result, s = _run_seed(
+            task, method, regime, cfg, out, seed, physics, val, test, progress, log, label
+        )
         per_seed.append(result)
         samples = s if samples is None else samples
     result = aggregate(task, method, regime, per_seed)
@@ -458,11 +538,15 @@ def run(task: str, method: str, regime: str | None, cfg: ExperimentConfig, out,
     conv = ""
     if result.get("fwd_converged") is not None:
         bwd = result.get("bwd_converged")
-        conv = (f", converged fwd {100 * result['fwd_converged']:.1f}% "
-                f"({result['fwd_iters']:.1f} it), bwd "
-                + ("-" if bwd is None else f"{100 * bwd:.1f}% ({result['bwd_iters']:.1f} it)"))
-    log(f"{label}: PSNR {result['psnr_mean']:.2f} +- {result['psnr_std']:.2f} dB over "
-        f"{len(seeds)} seed(s){conv} (train {result['train_s']:.0f} s CPU)")
+        conv = (
+            f", converged fwd {100 * result['fwd_converged']:.1f}% "
+            f"({result['fwd_iters']:.1f} it), bwd "
+            + ("-" if bwd is None else f"{100 * bwd:.1f}% ({result['bwd_iters']:.1f} it)")
+        )
+    log(
+        f"{label}: PSNR {result['psnr_mean']:.2f} +- {result['psnr_std']:.2f} dB over "
+        f"{len(seeds)} seed(s){conv} (train {result['train_s']:.0f} s CPU)"
+    )
     return result
 
 
@@ -480,16 +564,26 @@ def reevaluate(folder, cfg: ExperimentConfig | None = None, log=print) -> dict:
     cfg = cfg or ExperimentConfig(**stored)
     task = folder.parent.name
     name = folder.name
-    method, _, regime = name.rpartition("-") if name.rsplit("-", 1)[-1] in ("sup", "ei", "mc") else (name, "", "none")
+    method, _, regime = (
+        name.rpartition("-")
+        if name.rsplit("-", 1)[-1] in ("sup", "ei", "mc")
+        else (name, "", "none")
+    )
     task, method, regime = check_run(task, method, regime)
     physics = build_physics(task, cfg)
     test = held_out_measurements(task, cfg, split="test")
-    old = json.loads((folder / "result.json").read_text()) if (folder / "result.json").exists() else {}
+    old = (
+        json.loads((folder / "result.json").read_text())
+        if (folder / "result.json").exists()
+        else {}
+    )
     per_seed = []
     seeds = [cfg.seed] if method in FIXED else cfg.seed_list()
     for seed in seeds:
         sub = folder / f"seed_{seed}"
-        seed_result = json.loads((sub / "result.json").read_text()) if (sub / "result.json").exists() else {}
+        seed_result = (
+            json.loads((sub / "result.json").read_text()) if (sub / "result.json").exists() else {}
+        )
         denoiser = None
         settings = dict(seed_result.get("settings") or {})
         if "unrolled_iters" in seed_result:
@@ -504,7 +598,9 @@ def reevaluate(folder, cfg: ExperimentConfig | None = None, log=print) -> dict:
         if method not in FIXED:
             weights = sub / "model.pt"
             if not weights.exists():
-                raise FileNotFoundError(f"'{folder}': no trained weights ({weights.name}); train the run first.")
+                raise FileNotFoundError(
+                    f"'{folder}': no trained weights ({weights.name}); train the run first."
+                )
             model.load_state_dict(torch.load(weights, map_location=cfg.device))
         counter = SolveCounter(model)
         result = evaluate(model, task, cfg, physics, test, counter=counter)
@@ -516,5 +612,7 @@ def reevaluate(folder, cfg: ExperimentConfig | None = None, log=print) -> dict:
         per_seed.append(result)
     result = aggregate(task, method, regime, per_seed)
     result.update(train_s=old.get("train_s"), skipped=False)
-    log(f"[{task}] {method:>9s} {regime:>4s}: PSNR {result['psnr_mean']:.2f} +- {result['psnr_std']:.2f} dB")
+    log(
+        f"[{task}] {method:>9s} {regime:>4s}: PSNR {result['psnr_mean']:.2f} +- {result['psnr_std']:.2f} dB"
+    )
     return result

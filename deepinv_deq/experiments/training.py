@@ -38,8 +38,13 @@ class SolveCounter:
 
     def __init__(self, model=None):
         self.phase = "train"
-        self.counts = {p: {k: dict(solves=0, samples=0, converged=0, nfe_sum=0, nfe_max=0)
-                           for k in ("forward", "backward")} for p in self.PHASES}
+        self.counts = {
+            p: {
+                k: dict(solves=0, samples=0, converged=0, nfe_sum=0, nfe_max=0)
+                for k in ("forward", "backward")
+            }
+            for p in self.PHASES
+        }
         self._handle = None
         from ..deq import DEQ
 
@@ -128,9 +133,23 @@ def random_generators(physics, losses) -> dict:
     return out
 
 
-def train(model, physics, losses, dataset, cfg, folder, seed: int, epochs: int,
-          generators: dict | None = None, val_batches=None, to_image=None, counter=None,
-          label: str = "", progress: bool = False, log=print) -> dict:
+def train(
+    model,
+    physics,
+    losses,
+    dataset,
+    cfg,
+    folder,
+    seed: int,
+    epochs: int,
+    generators: dict | None = None,
+    val_batches=None,
+    to_image=None,
+    counter=None,
+    label: str = "",
+    progress: bool = False,
+    log=print,
+) -> dict:
     r"""Train ``model`` with Adam (learning rate ``cfg.lr``, decayed to a tenth along a cosine
     when ``cfg.lr_schedule == "cosine"``; gradient norm clipped at 1), resuming from
     ``folder/last.pt`` if it exists.
@@ -168,17 +187,30 @@ def train(model, physics, losses, dataset, cfg, folder, seed: int, epochs: int,
     generators = {**random_generators(physics, losses), **dict(generators or {})}
     to_image = to_image or (lambda t: t)
     loader_gen = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
-                                         generator=loader_gen, drop_last=False)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen, drop_last=False
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     per_epoch = len(loader)
     total_steps = per_epoch * epochs
     schedule = getattr(cfg, "lr_schedule", "constant")
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0.1 * cfg.lr)
-                 if schedule == "cosine" else None)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=total_steps, eta_min=0.1 * cfg.lr
+        )
+        if schedule == "cosine"
+        else None
+    )
     eval_every = cfg.eval_every or per_epoch
-    history = dict(loss_step=[], loss=[], val_step=[], val_psnr=[], train_s=0.0, steps=total_steps,
-                   epochs_done=0)
+    history = dict(
+        loss_step=[],
+        loss=[],
+        val_step=[],
+        val_psnr=[],
+        train_s=0.0,
+        steps=total_steps,
+        epochs_done=0,
+    )
     best = -float("inf")
     torch.manual_seed(seed)
     last = folder / "last.pt"
@@ -214,7 +246,9 @@ def train(model, physics, losses, dataset, cfg, folder, seed: int, epochs: int,
             y = physics(x)
             loss = batch_loss(losses, model, x, y, physics)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{label}: the training loss is {float(loss)} at step {step}.")
+                raise FloatingPointError(
+                    f"{label}: the training loss is {float(loss)} at step {step}."
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -232,17 +266,28 @@ def train(model, physics, losses, dataset, cfg, folder, seed: int, epochs: int,
                 history["val_psnr"].append(value)
                 window = []
                 if progress:
-                    log(f"  {label} step {step}/{total_steps}: loss {history['loss'][-1]:.3e}, "
-                        f"validation PSNR {value:.2f} dB")
+                    log(
+                        f"  {label} step {step}/{total_steps}: loss {history['loss'][-1]:.3e}, "
+                        f"validation PSNR {value:.2f} dB"
+                    )
         history["train_s"] += time.process_time() - t0
         history["epochs_done"] = epoch + 1
         # look the generators up again: deepinv may have swapped the objects (keeping their state)
         generators = {**generators, **random_generators(physics, losses)}
-        rng = {"loader": loader_gen.get_state(), "torch": torch.get_rng_state(),
-               **{name: g.get_state() for name, g in generators.items()}}
-        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                     scheduler=scheduler.state_dict() if scheduler is not None else None, history=history,
-                     best=best, rng=rng, counter=counter.state_dict() if counter is not None else None)
+        rng = {
+            "loader": loader_gen.get_state(),
+            "torch": torch.get_rng_state(),
+            **{name: g.get_state() for name, g in generators.items()},
+        }
+        state = dict(
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            history=history,
+            best=best,
+            rng=rng,
+            counter=counter.state_dict() if counter is not None else None,
+        )
         current = history["val_psnr"][-1] if history["val_psnr"] else None
         if current is not None and current > best:
             state["best"] = best = current
@@ -271,6 +316,6 @@ def flattened(history: dict, fraction: float = 0.2) -> float | None:
     if len(values) < 2:
         return None
     start = steps[-1] * (1 - fraction)
-    before = [v for s, v in zip(steps[:-1], values[:-1]) if s <= start]
+    before = [v for s, v in zip(steps[:-1], values[:-1], strict=True) if s <= start]
     reference = before[-1] if before else values[0]
     return values[-1] - reference
