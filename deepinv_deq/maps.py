@@ -149,24 +149,14 @@ def autograd_vjp(fmap, x: Tensor, y: Tensor, physics):
     return vjp
 
 
-def _is_linear_l2(data_fidelity, physics) -> bool:
+def _is_linear_l2(data_fidelity, physics, method: str = "grad") -> bool:
+    # deepinv's own L2 ``method`` (not a subclass's override) on a linear physics
     from deepinv.optim import L2
     from deepinv.physics import LinearPhysics
 
     return (
         isinstance(data_fidelity, L2)
-        and type(data_fidelity).grad is L2.grad
-        and isinstance(physics, LinearPhysics)
-    )
-
-
-def _is_linear_l2_prox(data_fidelity, physics) -> bool:
-    from deepinv.optim import L2
-    from deepinv.physics import LinearPhysics
-
-    return (
-        isinstance(data_fidelity, L2)
-        and type(data_fidelity).prox is L2.prox
+        and getattr(type(data_fidelity), method) is getattr(L2, method)
         and isinstance(physics, LinearPhysics)
     )
 
@@ -268,7 +258,7 @@ class HQSMap(FixedPointMap):
         :param deepinv.physics.Physics physics: forward operator.
         :return: (Callable) ``vjp(v)``.
         """
-        if not _is_linear_l2_prox(self.data_fidelity, physics):
+        if not _is_linear_l2(self.data_fidelity, physics, "prox"):
             return autograd_vjp(self, x, y, physics)
         x = x.detach()
         with torch.enable_grad():

@@ -161,7 +161,7 @@ def test_gmres_nonsymmetric_reaches_tolerance(dtype, tol, device):
     b = 1e-6 * torch.randn(3, 30, generator=g, dtype=torch.float64)  # tiny right-hand side
     expected = torch.linalg.solve(M, b.T).T
     M, b = M.to(dtype).to(device), b.to(dtype).to(device)
-    res = GMRES(max_iter=100, tol=tol, restart=10).solve_linear(lambda u: u @ M.T, b)
+    res = GMRES(max_iter=100, tol=tol, restart=10).solve(lambda u: u @ M.T, b)
     assert res.stats.all_converged, res.stats
     assert torch.allclose(
         res.x.double().cpu(),
@@ -183,7 +183,7 @@ def test_gmres_respects_its_budget():
     )
     b = torch.randn(2, 30, dtype=torch.float64)
     for max_iter in (1, 2, 7, 25):
-        res = GMRES(max_iter=max_iter, tol=1e-14, restart=5).solve_linear(
+        res = GMRES(max_iter=max_iter, tol=1e-14, restart=5).solve(
             lambda u: u @ M.T, b, torch.zeros_like(b)
         )
         assert res.stats.nfe <= max_iter

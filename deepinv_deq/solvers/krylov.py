@@ -134,8 +134,6 @@ class GMRES(torch.nn.Module):
             )
         return _linear_result(self, x.reshape(shape).to(b.dtype), res, bnorm, nmv, trace, bad, tol)
 
-    solve_linear = solve  # the name used before the shared linear-solve interface
-
     def _cycle(self, mv, x, r, res, bad, bf, bnorm, target, tiny, nmv, trace):
         # one restart cycle: Arnoldi with Givens rotations, then the update of x and its true residual
         B, m = x.shape[0], self.restart
