@@ -31,11 +31,18 @@ Run: ``python benchmarks/bench_backward.py [--repeats 5]``.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from common import build_problem, describe, markdown_table, median, parse_args, spread, timed
+from common import (
+    quiet_library_notices,
+    build_problem,
+    describe,
+    markdown_table,
+    median,
+    parse_args,
+    spread,
+    timed,
+)
 
 
 class VJPCounter:
@@ -124,7 +131,7 @@ def main():
             p.add_argument("--bwd-tols", type=float, nargs="+", default=[1e-4, 1e-6]),
         ),
     )
-    warnings.filterwarnings("ignore")
+    quiet_library_notices()
     pb = build_problem(args)
     params = list(pb.denoiser.parameters())
     counter = VJPCounter(pb.denoiser)

@@ -26,11 +26,10 @@ Run: ``python benchmarks/bench_forward.py [--device cuda] [--repeats 5]``.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from common import (
+    quiet_library_notices,
     build_problem,
     describe,
     markdown_table,
@@ -165,7 +164,7 @@ def main():
             p.add_argument("--max-iter", type=int, default=300),
         ),
     )
-    warnings.filterwarnings("ignore")
+    quiet_library_notices()
     pb = build_problem(args)
     fmap_module = pb.pgd_map()
 

@@ -25,11 +25,17 @@ Run: ``python benchmarks/bench_map.py [--repeats 15] [--batch-size 4]``.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from common import build_problem, describe, markdown_table, median, parse_args, timed
+from common import (
+    quiet_library_notices,
+    build_problem,
+    describe,
+    markdown_table,
+    median,
+    parse_args,
+    timed,
+)
 
 
 def candidates(pb):
@@ -129,7 +135,7 @@ def main():
             p.add_argument("--inner", type=int, default=3),
         ),
     )
-    warnings.filterwarnings("ignore")
+    quiet_library_notices()
     pb = build_problem(args)
     x = pb.x0()
     u = torch.randn_like(x)

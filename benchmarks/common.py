@@ -148,6 +148,14 @@ class Problem:
             return self.physics.A_adjoint(self.y)
 
 
+def quiet_library_notices() -> None:
+    r"""Silence deepinv's and torch's deprecation and user notices, never the solvers'
+    ``RuntimeWarning`` s: a solve that stops at its cap must show in the benchmark's output."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
 def build_problem(args: argparse.Namespace) -> Problem:
     r"""Build the benchmark problem from the parsed options (deterministic given ``--seed``)."""
     import deepinv as dinv
