@@ -10,6 +10,7 @@ from typing import Callable
 
 from torch import Tensor
 
+from ._report import POLICIES
 from ._validation import check_choice, check_float, check_int, default, is_given
 from .backward import BACKWARDS, BackwardStrategy, ImplicitDifferentiation, JFB, PhantomGradient
 from .solvers import SolverStats
@@ -119,7 +120,7 @@ class ImplicitBackward(BackwardStrategy):
             )
         else:
             strategy = JFB()
-        self.on_failure = check_choice(owner, "on_failure", on_failure, ("warn", "jfb", "raise"))
+        self.on_failure = check_choice(owner, "on_failure", on_failure, POLICIES)
         self.strategy = strategy
 
     @property
