@@ -5,8 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from pathlib import Path
 
 import pytest
+import torch
+
+import deepinv_deq
 
 from deepinv_deq.experiments import cli
 
@@ -111,7 +115,7 @@ def test_bad_arguments_fail_clearly(args, message, capsys, tmp_path):
     assert not out.exists()  # nothing was created
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA present")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")
 def test_cuda_unavailable_is_an_error(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["demo", "--device", "cuda", "--out", str(tmp_path / "out")])
@@ -262,7 +266,7 @@ print(json.dumps({{"status": status, "heavy": heavy}}), file=sys.stderr)
 
 
 def _launch(run_python, argv):
-    root = __import__("pathlib").Path(__file__).parents[1]
+    root = Path(__file__).parents[1]
     proc = run_python(_LAUNCH.format(launcher=str(root / "launcher"), argv=argv), check=False)
     *err, result = proc.stderr.strip().splitlines()
     return json.loads(result), proc.stdout, "\n".join(err)
@@ -284,7 +288,7 @@ def test_launcher_parses_without_torch(run_python, argv):
     assert result["heavy"] == [], result
     assert result["status"] == (0 if argv[-1] in ("--help", "--version") else 2)
     if argv == ["--version"]:
-        assert out.startswith(f"deepinv-deq {__import__('deepinv_deq').__version__} (deepinv ")
+        assert out.startswith(f"deepinv-deq {deepinv_deq.__version__} (deepinv ")
 
 
 def test_missing_data_folder_is_one_line_error_and_creates_nothing(run_python, tmp_path):
@@ -303,7 +307,7 @@ def test_missing_data_folder_is_one_line_error_and_creates_nothing(run_python, t
 
 def test_console_script_is_installed_and_fast():
     # the installed `deepinv-deq` script goes through the launcher
-    script = __import__("pathlib").Path(sys.executable).parent / "deepinv-deq"
+    script = Path(sys.executable).parent / "deepinv-deq"
     if not script.exists():
         pytest.skip("no console script next to this interpreter (package not installed)")
     assert "_deepinv_deq_cli" in script.read_text()
@@ -314,7 +318,7 @@ def test_python_m_entry_point(run_python):
         "import runpy, sys; sys.argv=['deepinv_deq', '--help']; "
         "runpy.run_module('deepinv_deq', run_name='__main__')",
         check=False,
-        cwd=__import__("pathlib").Path(__file__).parents[1],
+        cwd=Path(__file__).parents[1],
     )
     assert proc.returncode == 0, proc.stderr
     assert "{demo,train,eval,table}" in proc.stdout
@@ -368,7 +372,7 @@ def test_paper_preset_is_paper_like():
     # a contractive start, not an identity: D = (1 - epsilon) x at initialisation
     small = cli.ExperimentConfig(**{**cfg.to_dict(), "img_size": 16, "width": 4, "depth": 2})
     denoiser = build_denoiser("ct", small)
-    x = __import__("torch").rand(1, 1, 16, 16)
+    x = torch.rand(1, 1, 16, 16)
     assert cfg.epsilon > 0
     assert (denoiser(x, 0.05) - (1 - cfg.epsilon) * x).abs().max() < 1e-6
 

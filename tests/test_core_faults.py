@@ -205,7 +205,8 @@ def test_on_failure_raise_covers_the_forward_solve():
         model(torch.ones(2, 3), None)
 
 
-def test_on_failure_jfb_gives_the_jfb_gradient_to_samples_whose_forward_failed():
+def _jfb_fallback(**options):
+    # x = theta x + 1 per sample: theta = 0.5 converges in 40 steps to 1e-8, theta = 0.99 does not
     theta = torch.tensor([[0.5], [0.99]], requires_grad=True)
     model = DEQ(
         iteration=lambda x, y, p: theta * x + y,
@@ -214,11 +215,17 @@ def test_on_failure_jfb_gives_the_jfb_gradient_to_samples_whose_forward_failed()
         tol=1e-8,
         on_failure="jfb",
         init=_zeros,
+        **options,
     )
     with pytest.warns(RuntimeWarning, match="falls back to JFB"):
         out = model(torch.ones(2, 1), None)
     assert model.forward_stats.status_names() == ["CONVERGED", "MAX_ITER"]
     out.sum().backward()
+    return theta, model, out
+
+
+def test_on_failure_jfb_gives_the_jfb_gradient_to_samples_whose_forward_failed():
+    theta, _, out = _jfb_fallback()
     # sample 0 implicit: x* / (1 - theta) = 4; sample 1 JFB: d(theta x + y)/d theta = x, the last
     # iterate, x = (f(x) - y) / theta
     assert torch.isclose(theta.grad[0, 0], torch.tensor(4.0), rtol=1e-5)
@@ -237,21 +244,9 @@ def test_backward_residual_not_below_one_is_a_failure_warned_at_the_backward_lin
 
 def test_on_failure_jfb_with_phantom_gradients_gives_the_jfb_gradient_to_failed_samples():
     # the warning says the failed samples fall back to JFB: the phantom strategy used to ignore it
-    theta = torch.tensor([[0.5], [0.99]], requires_grad=True)
-    model = DEQ(
-        iteration=lambda x, y, p: theta * x + y,
-        solver="fixed_point",
-        max_iter=40,
-        tol=1e-8,
-        on_failure="jfb",
-        init=_zeros,
-        backward="phantom",
-        backward_options={"phantom_steps": 3, "phantom_damping": 1.0},
+    theta, model, out = _jfb_fallback(
+        backward="phantom", backward_options={"phantom_steps": 3, "phantom_damping": 1.0}
     )
-    with pytest.warns(RuntimeWarning, match="falls back to JFB"):
-        out = model(torch.ones(2, 1), None)
-    assert model.forward_stats.status_names() == ["CONVERGED", "MAX_ITER"]
-    out.sum().backward()
     # sample 0, three steps from x* = 2: d(theta^3 x* + theta^2 + theta + 1)/d theta = 3.5;
     # sample 1, JFB at its last iterate x: d(theta x + 1)/d theta = x = (f(x) - 1) / theta
     assert torch.isclose(theta.grad[0, 0], torch.tensor(3.5), rtol=1e-6)

@@ -10,6 +10,7 @@ import torch
 import deepinv as dinv
 
 from deepinv_deq import DEQ
+from deepinv_deq.data import load_dataset
 from deepinv_deq.experiments import ExperimentConfig, build_losses, build_model, run
 from deepinv_deq.experiments.configs import METHODS, check_run, parse_list
 from deepinv_deq.experiments.methods import PseudoInverseNet, Unrolled, build_denoiser
@@ -222,7 +223,7 @@ def test_resumed_ei_run_equals_an_uninterrupted_one(tmp_path):
     from deepinv_deq.experiments.training import train
 
     cfg = tiny(n_train=4, batch_size=2)
-    data = __import__("deepinv_deq").data.load_dataset("phantoms", "ct", 4, 16, 0)
+    data = load_dataset("phantoms", "ct", 4, 16, 0)
 
     def fresh(init_seed):
         torch.manual_seed(init_seed)
@@ -308,58 +309,47 @@ def test_paired_difference_and_flattening():
 
 
 def _fake_results():
-    return [
-        dict(
-            task="ct",
-            method="unet",
-            regime="sup",
-            psnr=[30.0, 32.0],
-            psnr_mean=31.0,
-            psnr_std=1.0,
-            ssim_mean=0.9,
-            ssim_std=0.01,
-            nfe=None,
-            train_s=12.0,
-            seeds=[0, 1],
-            psnr_seeds=[30.5, 31.5],
-        ),
-        dict(
-            task="ct",
-            method="deq",
-            regime="ei",
-            psnr=[28.0, 29.0],
-            psnr_mean=28.5,
-            psnr_std=0.5,
-            ssim_mean=0.8,
-            ssim_std=0.02,
-            nfe=11.5,
-            train_s=40.0,
-            seeds=[0, 1],
-            psnr_seeds=[28.0, 29.0],
-            fwd_converged=1.0,
-            fwd_iters=11.5,
-            bwd_converged=0.98,
-            bwd_iters=9.0,
-        ),
-        dict(
-            task="ct",
-            method="deq-jfb",
-            regime="ei",
-            psnr=[27.0, 28.0],
-            psnr_mean=27.5,
-            psnr_std=0.5,
-            ssim_mean=0.8,
-            ssim_std=0.02,
-            nfe=11.5,
-            train_s=40.0,
-            seeds=[0, 1],
-            psnr_seeds=[27.0, 28.5],
-            fwd_converged=1.0,
-            fwd_iters=11.5,
-            bwd_converged=None,
-            bwd_iters=None,
-        ),
-    ]
+    unet = dict(
+        task="ct",
+        method="unet",
+        regime="sup",
+        psnr=[30.0, 32.0],
+        psnr_mean=31.0,
+        psnr_std=1.0,
+        ssim_mean=0.9,
+        ssim_std=0.01,
+        nfe=None,
+        train_s=12.0,
+        seeds=[0, 1],
+        psnr_seeds=[30.5, 31.5],
+    )
+    deq = dict(
+        unet,
+        method="deq",
+        regime="ei",
+        psnr=[28.0, 29.0],
+        psnr_mean=28.5,
+        psnr_std=0.5,
+        ssim_mean=0.8,
+        ssim_std=0.02,
+        nfe=11.5,
+        train_s=40.0,
+        psnr_seeds=[28.0, 29.0],
+        fwd_converged=1.0,
+        fwd_iters=11.5,
+        bwd_converged=0.98,
+        bwd_iters=9.0,
+    )
+    jfb = dict(
+        deq,
+        method="deq-jfb",
+        psnr=[27.0, 28.0],
+        psnr_mean=27.5,
+        psnr_seeds=[27.0, 28.5],
+        bwd_converged=None,
+        bwd_iters=None,
+    )
+    return [unet, deq, jfb]
 
 
 def test_tables_and_figure(tmp_path):

@@ -252,15 +252,15 @@ def evaluate(model, task: str, cfg: ExperimentConfig, physics, batches=None, cou
     t0 = time.process_time()
     with torch.no_grad():
         for x, y in batches:
-            x_hat = model(y, physics)
-            a, b = magnitude(x_hat).clamp(0, 1), magnitude(x)
+            x_hat = magnitude(model(y, physics))
+            a, b = x_hat.clamp(0, 1), magnitude(x)
             values["psnr"] += psnr(a, b).flatten().tolist()
             values["ssim"] += ssim(a, b).flatten().tolist()
             stats = getattr(model, "forward_stats", None)
             if stats is not None:
                 nfe.append(float(stats.nfe))
             if len(samples) < N_SAMPLES:
-                samples += list(magnitude(x_hat)[: N_SAMPLES - len(samples)].cpu())
+                samples += list(x_hat[: N_SAMPLES - len(samples)].cpu())
     out = {"eval_s": time.process_time() - t0}
     for k, v in values.items():
         t = torch.tensor(v, dtype=torch.float64)
@@ -396,13 +396,12 @@ def _run_seed(task, method, regime, cfg, out, seed, physics, val, test, progress
     result.update(seed=seed, train_s=history["train_s"] if history else 0.0, **extra)
     if history is not None:
         result["epochs"] = history["epochs_done"]
-    if history is not None:
         result["val_change_last20"] = flattened(history)
     if method in SOLVED:
         result["counts"] = counter.counts
         for phase in ("train", "test"):
             result[phase] = counter.summary(phase)
-    if cfg.equivariance and method not in FIXED or (cfg.equivariance and method == "deq-init"):
+    if cfg.equivariance and (method not in FIXED or method == "deq-init"):
         result["equivariance"] = _equivariance(model, task, cfg, physics, test)
     counter.remove()
     torch.save(samples, folder / "samples.pt")
