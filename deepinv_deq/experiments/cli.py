@@ -580,7 +580,6 @@ def _grid(cfg, out, runs, progress, log, args):
 def _report(results, cfg, out: Path, name: str, log, say, figures: bool = True) -> None:
     from .results import figure, markdown, write_tables
     from .runner import magnitude, held_out_measurements
-    from .tasks import build_physics
 
     paths = write_tables(results, out, name=name, config=cfg.to_dict())
     say("")
@@ -588,7 +587,7 @@ def _report(results, cfg, out: Path, name: str, log, say, figures: bool = True) 
     written = [str(p) for p in paths.values()]
     if figures:
         for task in sorted({r["task"] for r in results}):
-            x, _ = held_out_measurements(task, cfg, build_physics(task, cfg))[0]
+            x, _ = held_out_measurements(task, cfg)[0]
             path = figure(
                 results, out, task, out / f"figure_{task}.png", reference=magnitude(x)[0].cpu()
             )
