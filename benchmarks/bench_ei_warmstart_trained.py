@@ -27,7 +27,10 @@ from deepinv_deq.experiments.tasks import build_physics
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run", type=Path, help="folder of a trained deq-ei run (config.json, model.pt)")
+    p.add_argument(
+        "run", type=Path, help="folder of a trained deq-ei run (config.json, seed_<s>/model.pt)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="which seed's weights to load")
     p.add_argument("--tols", default="1e-3,1e-4,1e-5")
     p.add_argument("--max-iter", type=int, default=200)
     p.add_argument("--draws", type=int, default=4)
@@ -36,7 +39,8 @@ def main(argv=None):
     task = args.run.parent.name
     physics = build_physics(task, cfg)
     model = build_model(task, "deq", cfg)
-    model.load_state_dict(torch.load(args.run / "model.pt", map_location=cfg.device))
+    weights = args.run / f"seed_{args.seed}" / "model.pt"
+    model.load_state_dict(torch.load(weights, map_location=cfg.device))
     model.eval()
     transform = dinv.transform.Rotate(
         multiples=90, rng=torch.Generator().manual_seed(0)
@@ -44,22 +48,33 @@ def main(argv=None):
     print(
         f"run {args.run} ({task}, {cfg.img_size}x{cfg.img_size}), {args.draws} group elements per batch"
     )
-    print("| tol | cold nfe (A^T y / default init) | warm nfe (T_g x_hat) | ratio |")
-    print("|---|---|---|---|")
+    print(
+        "| tol | cold nfe (A^T y / default init) | warm nfe (T_g x_hat) | ratio "
+        "| converged cold / warm |"
+    )
+    print("|---|---|---|---|---|")
     for tol in [float(t) for t in args.tols.split(",")]:
         model.solver.tol, model.solver.max_iter = tol, args.max_iter
         cold = warm = 0
+        converged = {"cold": 0, "warm": 0, "all": 0}
         with torch.no_grad():
-            for _, y in held_out_measurements(task, cfg, physics):
+            for _, y in held_out_measurements(task, cfg):
                 x_hat = model(y, physics)
                 for _ in range(args.draws):
                     x2 = transform(x_hat)
                     y2 = physics.A(x2)
                     model(y2, physics)
                     cold += model.forward_stats.nfe
+                    converged["cold"] += int(model.forward_stats.converged.sum())
                     model(y2, physics, init=x2)
                     warm += model.forward_stats.nfe
-        print(f"| {tol:g} | {cold} | {warm} | {cold / max(warm, 1):.2f}x |")
+                    converged["warm"] += int(model.forward_stats.converged.sum())
+                    converged["all"] += y2.shape[0]
+        n = converged["all"]
+        print(
+            f"| {tol:g} | {cold} | {warm} | {cold / max(warm, 1):.2f}x "
+            f"| {converged['cold']}/{n} / {converged['warm']}/{n} |"
+        )
 
 
 if __name__ == "__main__":

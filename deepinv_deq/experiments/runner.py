@@ -200,7 +200,7 @@ def _counts(cfg: ExperimentConfig) -> tuple[int, int, int]:
     return (cfg.n_train, cfg.n_test, cfg.n_val)
 
 
-def held_out_measurements(task: str, cfg: ExperimentConfig, physics=None, split: str = "test"):
+def held_out_measurements(task: str, cfg: ExperimentConfig, split: str = "test"):
     r"""Held-out images and their measurements, identical for every method and seed (their noise
     comes from a generator of their own).
 
