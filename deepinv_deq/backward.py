@@ -35,7 +35,16 @@ from torch import Tensor
 from ._autodiff import batch_norm, expand_as_batch
 from ._report import POLICIES, HookRegistry, enforce
 from ._validation import check_choice, check_float, check_int, default, is_given
-from .solvers import LINEAR_SOLVERS, FixedPointSolver, GMRES, SolverStats, SolverStatus, get_solver
+from .preconditioners import FourierPreconditioner
+from .solvers import (
+    LINEAR_SOLVERS,
+    FixedPointSolver,
+    GMRES,
+    SolverResult,
+    SolverStats,
+    SolverStatus,
+    get_solver,
+)
 from .solvers.base import autocast_tol
 
 
@@ -265,22 +274,24 @@ class ImplicitDifferentiation(BackwardStrategy):
     name = "implicit"
     _options = tuple(
         dict.fromkeys(
-            ("solver", "max_iter", "tol", "on_failure")
+            ("solver", "max_iter", "tol", "on_failure", "preconditioner")
             + tuple(o for cls in LINEAR_SOLVERS.values() for o in cls._options)
         )
     )
 
     def __init__(
         self,
-        solver="anderson",
+        solver="gmres",
         max_iter: int = default(50),
         tol: float = default(1e-5),
         on_failure: str = "warn",
+        preconditioner="fourier",
         **solver_options,
     ):
         super().__init__()
         owner = type(self).__name__
         self.on_failure = check_choice(owner, "on_failure", on_failure, POLICIES)
+        self.preconditioner = _build_preconditioner(owner, preconditioner)
         if isinstance(solver, (FixedPointSolver, GMRES)) and (is_given(max_iter) or is_given(tol)):
             raise ValueError(
                 f"{owner}: max_iter and tol cannot be combined with a solver instance; set them on the instance."
@@ -321,7 +332,7 @@ class ImplicitDifferentiation(BackwardStrategy):
         flat = v.reshape(v.shape[0], -1)
         finite, zero = torch.isfinite(flat).all(dim=1), (flat == 0).all(dim=1)
         b = torch.where(expand_as_batch(finite, v), v, torch.zeros_like(v))
-        result = self.solver.solve(lambda u: u - vjp(u), b, b, tol=tol)
+        result = self._solve_system(lambda u: u - vjp(u), b, tol)
         stats = self._classify(result.stats, b, finite, zero)
         self.last_stats, self.n_solves = stats, self.n_solves + 1
         self._hooks("backward", stats)
@@ -336,6 +347,35 @@ class ImplicitDifferentiation(BackwardStrategy):
         if fallback is not None:
             use_v = use_v | fallback.to(use_v.device)
         return torch.where(expand_as_batch(use_v, v), v, u).to(grad_dtype)
+
+    def _solve_system(self, matvec, b: Tensor, tol) -> SolverResult:
+        # M u = b, right-preconditioned when a preconditioner applies: M P^{-1} t = b, u = P^{-1} t
+        # (the residual b - M u is the true one). GMRES starts at zero (its first residual is b,
+        # no product); the fixed-point solvers at the (preconditioned) Neumann term.
+        apply_inverse = None
+        if self.preconditioner is not None:
+            apply_inverse = self.preconditioner.prepare(matvec, b)
+        x0 = None if isinstance(self.solver, GMRES) else b
+        if apply_inverse is None:
+            result = self.solver.solve(matvec, b, x0, tol=tol)
+        else:
+            result = self.solver.solve(lambda t: matvec(apply_inverse(t)), b, x0, tol=tol)
+            u = apply_inverse(result.x)
+            result = SolverResult(x=u, fx=u, stats=result.stats)
+        if self.preconditioner is None:
+            return result
+        # the products with random images that estimated the preconditioner count as the solve's
+        probes = self.preconditioner.last_probes
+        stats = dataclasses.replace(
+            result.stats,
+            nfe=result.stats.nfe + probes,
+            extra={
+                **result.stats.extra,
+                "preconditioned": apply_inverse is not None,
+                "preconditioner_probes": probes,
+            },
+        )
+        return SolverResult(x=result.x, fx=result.fx, stats=stats)
 
     @staticmethod
     def _classify(stats: SolverStats, b: Tensor, finite: Tensor, zero: Tensor) -> SolverStats:
@@ -359,6 +399,18 @@ class ImplicitDifferentiation(BackwardStrategy):
 
     def extra_repr(self) -> str:
         return f"on_failure={self.on_failure!r}"
+
+
+#: preconditioners of the implicit backward's linear system, by name
+PRECONDITIONERS = {"fourier": FourierPreconditioner}
+
+
+def _build_preconditioner(owner: str, preconditioner):
+    # None, a name of PRECONDITIONERS (default options) or an instance
+    if preconditioner is None or isinstance(preconditioner, FourierPreconditioner):
+        return preconditioner
+    name = check_choice(owner, "preconditioner", preconditioner, PRECONDITIONERS)
+    return PRECONDITIONERS[name]()
 
 
 #: backward strategies by name, as accepted by ``DEQ(backward=...)``

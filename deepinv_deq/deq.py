@@ -156,7 +156,7 @@ class DEQ(Reconstructor):
     (torch.Size([2, 1, 16, 16]), True)
     >>> torch.nn.functional.mse_loss(x_hat, x).backward()  # implicit differentiation
     >>> model.backward_stats.solver, model.backward_stats.all_converged
-    ('anderson', True)
+    ('gmres', True)
 
     .. footbibliography::
     """
@@ -174,7 +174,7 @@ class DEQ(Reconstructor):
         backward="implicit",
         backward_max_iter: int = default(50),
         backward_tol: float = default(1e-5),
-        backward_solver: str = default("anderson"),
+        backward_solver: str = default("gmres"),
         lambda_reg: float = default(1.0),
         trainable_params=(),
         init="adjoint",

@@ -80,7 +80,7 @@ class ImplicitBackward(BackwardStrategy):
     def __init__(
         self,
         mode: str = "implicit",
-        solver=default("anderson"),
+        solver=default("gmres"),
         max_iter: int = default(50),
         tol: float = default(1e-5),
         phantom_steps: int = default(5),

@@ -64,7 +64,9 @@ def _grads(denoiser, physics, x, y, amp, device, fwd_tol, bwd_tol):
         denoiser=denoiser,
         stepsize=1.0,
         solver=RecordingAnderson(max_iter=60, tol=fwd_tol),
-        backward=ImplicitBackward(solver=RecordingAnderson(max_iter=60, tol=bwd_tol)),
+        backward=ImplicitBackward(
+            solver=RecordingAnderson(max_iter=60, tol=bwd_tol), preconditioner=None
+        ),
     )
     denoiser.zero_grad()
     with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
