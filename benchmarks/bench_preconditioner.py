@@ -28,20 +28,37 @@ from deepinv_deq.solvers import GMRES
 
 def problems(n: int, generator: torch.Generator):
     noise = lambda s: dinv.physics.GaussianNoise(s, rng=torch.Generator().manual_seed(0))
-    yield "CT, 30 views", 1, dinv.physics.Tomography(
-        angles=30 * n // 64, img_width=n, normalize=True, noise_model=noise(0.01)
+    yield (
+        "CT, 30 views",
+        1,
+        dinv.physics.Tomography(
+            angles=30 * n // 64, img_width=n, normalize=True, noise_model=noise(0.01)
+        ),
     )
     for acc in (4, 8):
         mask = dinv.physics.generator.GaussianMaskGenerator(
             img_size=(n, n), acceleration=acc, rng=torch.Generator().manual_seed(0)
         ).step()["mask"]
-        yield f"MRI {acc}x", 2, dinv.physics.MRI(mask=mask, img_size=(2, n, n), noise_model=noise(0.01))
+        yield (
+            f"MRI {acc}x",
+            2,
+            dinv.physics.MRI(mask=mask, img_size=(2, n, n), noise_model=noise(0.01)),
+        )
     kernel = dinv.physics.blur.gaussian_blur(sigma=2.0)
-    yield "blur (FFT, sigma 2)", 1, dinv.physics.BlurFFT(
-        img_size=(1, n, n), filter=kernel, noise_model=noise(0.01)
+    yield (
+        "blur (FFT, sigma 2)",
+        1,
+        dinv.physics.BlurFFT(img_size=(1, n, n), filter=kernel, noise_model=noise(0.01)),
     )
-    yield "inpainting 50%", 1, dinv.physics.Inpainting(
-        img_size=(1, n, n), mask=0.5, noise_model=noise(0.01), rng=torch.Generator().manual_seed(0)
+    yield (
+        "inpainting 50%",
+        1,
+        dinv.physics.Inpainting(
+            img_size=(1, n, n),
+            mask=0.5,
+            noise_model=noise(0.01),
+            rng=torch.Generator().manual_seed(0),
+        ),
     )
     yield "denoising", 1, dinv.physics.Denoising(noise_model=noise(0.1))
 
@@ -49,11 +66,10 @@ def problems(n: int, generator: torch.Generator):
 def images(n: int, channels: int, batch: int) -> torch.Tensor:
     np.random.seed(0)
     data = dinv.utils.RandomPhantomDataset(length=batch, size=n, use_dict_output=False)
-    x = torch.stack([data[i][0] if isinstance(data[i], (tuple, list)) else data[i] for i in range(batch)])
+    x = torch.stack(
+        [data[i][0] if isinstance(data[i], (tuple, list)) else data[i] for i in range(batch)]
+    )
     return x.repeat(1, channels, 1, 1) * (torch.tensor([1.0, 0.3])[:channels, None, None])
-
-
-PAD = 0.0
 
 
 def count_solve(model, y, physics, w, solver, preconditioner, tol):
@@ -66,8 +82,6 @@ def count_solve(model, y, physics, w, solver, preconditioner, tol):
     out = model(y, physics)
     (out * w).sum().backward()
     grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    if preconditioner is not None:
-        print("fit error", backward.preconditioner.fit_error, backward.preconditioner.pad)
     return backward.last_stats, grad
 
 
@@ -90,10 +104,14 @@ def main():
             den = ContractiveDenoiser(in_channels=channels)
             if state == "perturbed":
                 with torch.no_grad():
-                    [m for m in den.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight.normal_(0, 0.02)
+                    [m for m in den.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight.normal_(
+                        0, 0.02
+                    )
             model = DEQ(denoiser=den, iteration="PGD", stepsize=1.0, max_iter=200, tol=1e-6)
             w = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-            ref, gref = count_solve(model, y, physics, w, GMRES(max_iter=600, tol=1e-7, restart=60), None, None)
+            ref, gref = count_solve(
+                model, y, physics, w, GMRES(max_iter=600, tol=1e-7, restart=60), None, None
+            )
             fwd = model.forward_stats
             cells = []
             for solver in ("gmres", "anderson"):
