@@ -239,9 +239,9 @@ class FourierPreconditioner(torch.nn.Module):
         Z, MZ = self._fft(probe[0], self.pad), self._fft(probe[1], self.pad)
         self.fit_error = self._error(self._num, self._den, Z, MZ)
         if self.fit_error > self.max_fit_error:  # the operator moved away: probe afresh
-            key = self._key
-            self._reset(key)
-            self.last_probes = 1
+            error = self.fit_error
+            self._reset(self._key)
+            self.last_probes, self.fit_error = 1, error
             return
         num, den = self._moments(Z, MZ)
         self._num = self.forgetting * self._num + num
