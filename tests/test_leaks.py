@@ -122,4 +122,5 @@ def test_statistics_do_not_accumulate():
     for _ in range(20):
         model(y, None).sum().backward()
     assert model.forward_stats.trace.shape[0] == model.forward_stats.nfe <= 30
-    assert model.backward_stats.trace.shape[0] == model.backward_stats.nfe <= 50
+    # GMRES records one residual per Krylov step; its products also count the true residuals
+    assert model.backward_stats.trace.shape[0] <= model.backward_stats.nfe <= 50
