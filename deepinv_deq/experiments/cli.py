@@ -264,6 +264,14 @@ def _machine(g) -> None:
         metavar="N",
         help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)",
     )
+    g.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="seeds trained at the same time, one process each (default: %(default)s; e.g. "
+        "--jobs 2 --threads 1 on two cores); the results do not depend on it",
+    )
 
 
 _RESUME = (
@@ -560,8 +568,18 @@ def _run_kwargs(run, args, index: int, total: int, task: str, method: str, regim
 
 
 def _grid(cfg, out, runs, progress, log, args):
-    from .runner import run
+    from .runner import run, train_in_parallel
 
+    if getattr(args, "jobs", 1) > 1 and not getattr(args, "extend", False):
+        if args.overwrite:  # start afresh here, then train the seeds in parallel
+            import shutil
+
+            from .runner import run_dir
+
+            for task, method, regime in runs:
+                shutil.rmtree(run_dir(Path(out), task, method, regime), ignore_errors=True)
+            args.overwrite = False
+        train_in_parallel(runs, cfg, out, args.jobs, progress=args.verbose, log=log)
     return [
         run(
             task,

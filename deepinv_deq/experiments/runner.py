@@ -468,6 +468,80 @@ def aggregate(task: str, method: str, regime: str, per_seed: list[dict]) -> dict
     return out
 
 
+def _seed_job(args: tuple, log=None):
+    # one seed of a run, from picklable arguments: the physics and held-out measurements are
+    # built afresh for each seed, so a seed's result does not depend on which seeds ran before
+    # it in the same process (the same with jobs=1 and jobs>1)
+    task, method, regime, cfg, out, seed, progress, label = args
+    cfg = ExperimentConfig(**cfg)
+    messages = []
+    log = messages.append if log is None else log
+    physics = build_physics(task, cfg)
+    val = held_out_measurements(task, cfg, split="val")
+    test = held_out_measurements(task, cfg, split="test")
+    result, samples = _run_seed(
+        task, method, regime, cfg, Path(out), seed, physics, val, test, progress, log, label
+    )
+    return result, samples, messages
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def train_in_parallel(runs, cfg: ExperimentConfig, out, jobs: int, progress=False, log=print):
+    r"""Train the seeds of several runs at the same time, ``jobs`` processes at a time.
+
+    Every seed of every trained run (``deq``, ``deq-jfb``, ``unet``) of ``runs`` that is not done
+    yet is trained in its own process (spawned, with the current number of torch threads), as
+    :func:`run` would train it; :func:`run` then finds the seeds done and aggregates them. Runs
+    that depend on others (``unrolled`` takes its number of iterations from the DEQ's; PnP and RED
+    share trained denoisers) and the untrained methods are left to :func:`run`. A seed's result
+    does not depend on ``jobs`` (up to float rounding, ~1e-7 relative: a fresh process).
+
+    :param list runs: ``(task, method, regime)`` triples.
+    :param ExperimentConfig cfg: settings.
+    :param str out: output directory.
+    :param int jobs: number of processes.
+    :param bool progress: collect the training curves' lines too (printed when a seed ends).
+    :param Callable log: where messages go.
+    :return: (int) the number of seeds trained.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    out = Path(out)
+    pending = []
+    for task, method, regime in runs:
+        task, method, regime = check_run(task, method, regime)
+        if method in FIXED or method == "unrolled":
+            continue
+        folder = run_dir(out, task, method, regime)
+        _check_settings(folder, cfg)
+        if (folder / "result.json").exists():
+            continue
+        label = f"{task} {method} {regime}"
+        for seed in cfg.seed_list():
+            if not (folder / f"seed_{seed}" / "result.json").exists():
+                args = (task, method, regime, cfg.to_dict(), str(out), seed, progress, label)
+                pending.append(args)
+    if not pending:
+        return 0
+    log(f"training {len(pending)} seed(s) in {min(jobs, len(pending))} processes")
+    context = multiprocessing.get_context("spawn")
+    threads = torch.get_num_threads()
+    with ProcessPoolExecutor(
+        min(jobs, len(pending)), mp_context=context, initializer=_worker_init, initargs=(threads,)
+    ) as pool:
+        futures = [pool.submit(_seed_job, args) for args in pending]
+        for args, future in zip(pending, futures, strict=True):
+            result, _, messages = future.result()
+            for message in messages:
+                log(message)
+            log(f"{args[-1]} seed {args[5]}: PSNR {result['psnr_mean']:.2f} dB")
+    return len(pending)
+
+
 def run(
     task: str,
     method: str,
@@ -519,17 +593,13 @@ def run(
         result["skipped"] = True
         log(f"{label}: done before, skipped (PSNR {result['psnr_mean']:.2f} dB)")
         return result
-    physics = build_physics(task, cfg)
-    val = held_out_measurements(task, cfg, split="val")
-    test = held_out_measurements(task, cfg, split="test")
     seeds = [cfg.seed] if method in FIXED else cfg.seed_list()
-    per_seed, samples = [], None
-    for seed in seeds:
-        result, s = _run_seed(
-            task, method, regime, cfg, out, seed, physics, val, test, progress, log, label
-        )
-        per_seed.append(result)
-        samples = s if samples is None else samples
+    args = [
+        (task, method, regime, cfg.to_dict(), str(out), seed, progress, label) for seed in seeds
+    ]
+    outcomes = [_seed_job(a, log)[:2] for a in args]
+    per_seed = [r for r, _ in outcomes]
+    samples = outcomes[0][1]
     result = aggregate(task, method, regime, per_seed)
     torch.save(samples, folder / "samples.pt")
     result_path.write_text(json.dumps(result, indent=1))
