@@ -245,7 +245,7 @@ class ImplicitDifferentiation(BackwardStrategy):
     :math:`\|v\|` is ``DIVERGED``.
 
     :param str, torch.nn.Module solver: ``"anderson"``, ``"fixed_point"``, ``"gmres"`` or a linear
-        solver instance. Default: ``"anderson"``.
+        solver instance. Default: ``"gmres"``.
     :param int max_iter: maximum iterations of the solver (not with an instance). Default: ``50``.
     :param float tol: relative residual tolerance (not with an instance). Default: ``1e-5``, or
         the unit roundoff of the autocast dtype when the map runs under :func:`torch.autocast`
@@ -253,6 +253,12 @@ class ImplicitDifferentiation(BackwardStrategy):
     :param str on_failure: for the samples whose solve does not converge: ``"warn"`` (the best
         iterate is used, with a :class:`RuntimeWarning`), ``"jfb"`` (they get the JFB gradient
         :math:`u = v`, with a warning) or ``"raise"`` (:class:`RuntimeError`). Default: ``"warn"``.
+    :param str, deepinv_deq.preconditioners.FourierPreconditioner preconditioner: ``"fourier"``
+        (a :class:`deepinv_deq.preconditioners.FourierPreconditioner` with its defaults), an
+        instance, or ``None``. The system is then solved as :math:`(I - J_f^\top) P^{-1} t = v`,
+        :math:`u = P^{-1} t`: the residual, and so the accuracy of :math:`u`, is the true one;
+        only the number of products changes. It switches itself off where it does not fit the
+        operator and for states that are not image batches. Default: ``"fourier"``.
     :param solver_options: further options of the solver (e.g. ``history_size``); an unknown one
         raises :class:`ValueError`.
 

@@ -118,7 +118,9 @@ class DEQ(Reconstructor):
     :param int backward_max_iter: maximum iterations of the backward linear solve. Default: ``50``.
     :param float backward_tol: tolerance of the backward linear solve. Default: ``1e-5``.
     :param str backward_solver: ``"anderson"``, ``"fixed_point"`` or ``"gmres"``. Default:
-        ``"anderson"``. These three options are validated with every named ``backward`` and used
+        ``"gmres"``, right-preconditioned by a
+        :class:`deepinv_deq.preconditioners.FourierPreconditioner` (``backward_options=
+        {"preconditioner": None}`` turns it off). These three options are validated with every named ``backward`` and used
         by those that solve a linear system (``"implicit"``); with ``"jfb"`` or ``"phantom"`` they
         are unused, so that a sweep over ``backward`` may keep them fixed.
     :param float lambda_reg: regularisation weight of the RED iteration. Default: ``1.0``.

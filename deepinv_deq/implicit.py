@@ -42,7 +42,8 @@ class ImplicitBackward(BackwardStrategy):
 
     :param str mode: ``"implicit"``, ``"jfb"`` or ``"phantom"``. Default: ``"implicit"``.
     :param str, torch.nn.Module solver: backward solver for ``mode="implicit"``, or a solver
-        instance. Default: ``"anderson"``.
+        instance. Default: ``"gmres"`` (preconditioned, see ``preconditioner`` of
+        :class:`deepinv_deq.backward.ImplicitDifferentiation`, a solver option here).
     :param int max_iter: maximum iterations of the backward solver. Default: ``50``.
     :param float tol: relative residual tolerance of the backward solver. Default: ``1e-5``.
     :param int phantom_steps: :math:`k` for ``mode="phantom"``. Default: ``5``.
