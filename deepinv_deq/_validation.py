@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 
 from typing import TYPE_CHECKING
@@ -38,8 +39,9 @@ def reject_unknown(owner: str, options: Mapping, valid: Iterable[str]) -> None:
 
 
 def check_int(owner: str, name: str, value, minimum: int = 1) -> int:
-    r"""Return ``value`` as an ``int`` after checking that it is an integer ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    r"""Return ``value`` as an ``int`` after checking that it is an integer ``>= minimum``
+    (any :class:`numbers.Integral`, e.g. ``numpy.int64``; not a ``bool``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{owner}: '{name}' must be an integer >= {minimum}, got {value!r}.")
     return int(value)
 

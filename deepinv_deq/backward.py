@@ -45,7 +45,7 @@ from .solvers import (
     SolverStatus,
     get_solver,
 )
-from .solvers.base import autocast_tol
+from .solvers.base import default_tol
 
 
 class BackwardStrategy(torch.nn.Module):
@@ -247,9 +247,11 @@ class ImplicitDifferentiation(BackwardStrategy):
     :param str, torch.nn.Module solver: ``"anderson"``, ``"fixed_point"``, ``"gmres"`` or a linear
         solver instance. Default: ``"gmres"``.
     :param int max_iter: maximum iterations of the solver (not with an instance). Default: ``50``.
-    :param float tol: relative residual tolerance (not with an instance). Default: ``1e-5``, or
-        the unit roundoff of the autocast dtype when the map runs under :func:`torch.autocast`
-        (see :func:`deepinv_deq.solvers.base.autocast_tol`).
+    :param float tol: tolerance on the residual relative to the right-hand side,
+        :math:`\|v - (I - J_f^\top)u\| \le \text{tol}\,\|v\|`, the same for every solver (not
+        with an instance). Default: ``1e-5``, or the unit roundoff of the map's precision when it
+        runs in bfloat16/float16, cast or under :func:`torch.autocast` (see
+        :func:`deepinv_deq.solvers.base.default_tol`).
     :param str on_failure: for the samples whose solve does not converge: ``"warn"`` (the best
         iterate is used, with a :class:`RuntimeWarning`), ``"jfb"`` (they get the JFB gradient
         :math:`u = v`, with a warning) or ``"raise"`` (:class:`RuntimeError`). Default: ``"warn"``.
@@ -302,7 +304,7 @@ class ImplicitDifferentiation(BackwardStrategy):
             raise ValueError(
                 f"{owner}: max_iter and tol cannot be combined with a solver instance; set them on the instance."
             )
-        # a default tolerance is fitted to the precision of the map under autocast (autocast_tol)
+        # a default tolerance is fitted to the precision of the map (default_tol)
         self._auto_tol = not is_given(tol) and not isinstance(solver, (FixedPointSolver, GMRES))
         if not isinstance(solver, (FixedPointSolver, GMRES)):
             solver_options = {"max_iter": int(max_iter), "tol": float(tol), **solver_options}
@@ -321,7 +323,7 @@ class ImplicitDifferentiation(BackwardStrategy):
         if not z.requires_grad:
             return z
         guard = tuple(t for t in guard if t.requires_grad)
-        tol = autocast_tol(self.solver.tol, z.device.type) if self._auto_tol else None
+        tol = default_tol(self.solver.tol, z) if self._auto_tol else None
 
         def vjp(u: Tensor) -> Tensor:
             saved = [t.grad for t in guard]

@@ -26,7 +26,7 @@ from ._validation import (
 from .backward import BACKWARDS, BackwardStrategy, ImplicitDifferentiation
 from .maps import build_map
 from .solvers import FORWARD_SOLVERS, FixedPointSolver, SolverStats
-from .solvers.base import autocast_tol
+from .solvers.base import default_tol
 
 INITS = ("adjoint", "pseudo_inverse")
 # ImplicitBackward's names of the phantom options, accepted in backward_options
@@ -93,8 +93,9 @@ class DEQ(Reconstructor):
     (``"raise"``). A sample whose map never gives a finite value returns its initial iterate,
     with a zero upstream gradient; the map is still evaluated on the whole batch, so where its
     backward turns that sample's Inf into NaN (an overflow inside the denoiser), the parameters'
-    gradients are NaN and a gradient scaler skips the step. Under :func:`torch.autocast`, residuals below the unit roundoff of the
-    autocast dtype are out of reach: the default ``tol`` and ``backward_tol`` are then raised to
+    gradients are NaN and a gradient scaler skips the step. In bfloat16 or float16 (a model
+    cast with ``.to(dtype)``, or under :func:`torch.autocast`), residuals below the unit roundoff
+    of that dtype are out of reach: the default ``tol`` and ``backward_tol`` are then raised to
     it (``7.8e-3`` for bfloat16, ``9.8e-4`` for float16); tolerances set explicitly are kept.
 
     :param torch.nn.Module denoiser: the denoiser :math:`D_\theta`, called ``denoiser(x, sigma)``
@@ -311,7 +312,7 @@ class DEQ(Reconstructor):
         x0 = self._initial_iterate(y, physics, init)
         psnr, callback = self._metrics_recorder(x_gt) if compute_metrics else (None, None)
         fmap = lambda x: self.map(x, y, physics)
-        tol = autocast_tol(self.solver.tol, x0.device.type) if self._auto_tol else None
+        tol = default_tol(self.solver.tol, x0) if self._auto_tol else None
         result = self.solver(_explained(fmap, y, physics, init), x0, callback=callback, tol=tol)
         failed = self._report(result.stats)
         x = self._differentiate(fmap, result, physics, failed)

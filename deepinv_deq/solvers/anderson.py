@@ -23,7 +23,8 @@ class AndersonAcceleration(FixedPointSolver):
         x_{k+1} = \sum_i \alpha^\star_i f(x_i) - (1-\beta)\sum_i \alpha^\star_i g_i,
 
     in closed form :math:`\alpha^\star = H^{-1}\mathbf{1} / \mathbf{1}^\top H^{-1}\mathbf{1}` with
-    :math:`H = GG^\top + \lambda I`. The ridge :math:`\lambda` is relative to the scale of
+    :math:`H = \bar G G^\top + \lambda I` (the Hermitian Gram matrix: complex states get complex
+    weights). The ridge :math:`\lambda` is relative to the scale of
     :math:`GG^\top` (``ridge`` times its mean diagonal), so the step does not depend on the image's
     scale. The system is solved per sample, in at least float32 and outside autocast. A singular or
     non-finite system falls back, for that sample only, to the damped step
@@ -112,9 +113,10 @@ class AndersonAcceleration(FixedPointSolver):
             if n_hist == 1:
                 return plain.reshape(x.shape).to(x.dtype)
             Gh = G[:, :n_hist]
-            H = torch.bmm(Gh, Gh.transpose(1, 2))  # (B, n, n)
-            diag_mean = H.diagonal(dim1=1, dim2=2).mean(dim=1)  # (B,)
-            lam = self.ridge * diag_mean + torch.finfo(cdtype).tiny
+            # the Gram matrix of the residuals, Hermitian for complex states: H_ij = <g_i, g_j>
+            H = torch.bmm(Gh.conj(), Gh.transpose(1, 2))  # (B, n, n)
+            diag_mean = H.diagonal(dim1=1, dim2=2).real.mean(dim=1)  # (B,)
+            lam = self.ridge * diag_mean + torch.finfo(diag_mean.dtype).tiny
             H = H + lam[:, None, None] * torch.eye(n_hist, dtype=cdtype, device=x.device)
             ones = torch.ones(B, n_hist, 1, dtype=cdtype, device=x.device)
             w, info = torch.linalg.solve_ex(H, ones)

@@ -9,7 +9,9 @@ dimension indexes the batch). Convergence is judged per sample on the relative r
 
 and on the absolute residual normalised by the number of entries, :math:`\|f(x_k)-x_k\|_2/\sqrt{n}`.
 Each sample returns its best iterate (smallest absolute residual, among the iterates that meet the
-tolerance once one does) and a status.
+tolerance once one does) and a status. A linear solve :math:`Mu = b` (:meth:`FixedPointSolver.solve`,
+:meth:`GMRES.solve <deepinv_deq.solvers.GMRES.solve>`) is judged relative to the right-hand side
+instead, :math:`\|b - Mu\|_2 / \|b\|_2`, by every solver alike.
 """
 
 from __future__ import annotations
@@ -170,25 +172,49 @@ class SolverResult:
     stats: SolverStats
 
 
-def autocast_tol(tol: float, device_type: str) -> float:
-    r"""A default tolerance fitted to the precision of the map: under :func:`torch.autocast`,
-    ``max(tol, eps)`` with ``eps`` the unit roundoff of the autocast dtype (``7.8e-3`` for
-    bfloat16, ``9.8e-4`` for float16), below which a residual computed from low-precision
-    evaluations cannot reliably fall; ``tol`` otherwise.
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    r"""The real dtype of the precision of ``dtype`` (``float64`` for ``complex128``, ``float32``
+    for ``complex64``), at least ``float32``: the dtype of residuals and statistics.
 
     :Examples:
 
     >>> import torch
-    >>> from deepinv_deq.solvers.base import autocast_tol
-    >>> autocast_tol(1e-4, "cpu")
+    >>> from deepinv_deq.solvers.base import real_dtype
+    >>> real_dtype(torch.complex128), real_dtype(torch.bfloat16)
+    (torch.float64, torch.float32)
+    """
+    if dtype.is_complex:
+        dtype = torch.empty((), dtype=dtype).real.dtype
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def default_tol(tol: float, like: Tensor) -> float:
+    r"""A default tolerance fitted to the precision of the map: ``max(tol, eps)`` with ``eps`` the
+    unit roundoff of the lowest precision involved, the autocast dtype under
+    :func:`torch.autocast` or the dtype of ``like`` (a model cast to bfloat16 or float16), below
+    which a residual computed from low-precision evaluations cannot reliably fall (``7.8e-3`` for
+    bfloat16, ``9.8e-4`` for float16); ``tol`` for float32 and float64.
+
+    :param float tol: the default tolerance.
+    :param torch.Tensor like: the iterate (its dtype and device).
+
+    :Examples:
+
+    >>> import torch
+    >>> from deepinv_deq.solvers.base import default_tol
+    >>> default_tol(1e-4, torch.zeros(1))
     0.0001
+    >>> default_tol(1e-4, torch.zeros(1, dtype=torch.float16))
+    0.0009765625
     >>> with torch.autocast("cpu", dtype=torch.bfloat16):
-    ...     autocast_tol(1e-4, "cpu")
+    ...     default_tol(1e-4, torch.zeros(1))
     0.0078125
     """
-    if not torch.is_autocast_enabled(device_type):
-        return tol
-    return max(tol, torch.finfo(torch.get_autocast_dtype(device_type)).eps)
+    dtype = like.real.dtype if like.is_complex() else like.dtype
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    if torch.is_autocast_enabled(like.device.type):
+        eps = max(eps, torch.finfo(torch.get_autocast_dtype(like.device.type)).eps)
+    return max(tol, eps) if eps > torch.finfo(torch.float32).eps else tol
 
 
 class FixedPointSolver(torch.nn.Module):
@@ -261,6 +287,7 @@ class FixedPointSolver(torch.nn.Module):
         x0: Tensor,
         callback: Callable[[int, Tensor, Tensor], None] | None = None,
         tol: float | None = None,
+        scale: Tensor | None = None,
     ) -> SolverResult:
         r"""Solve :math:`x = f(x)` from ``x0``.
 
@@ -268,6 +295,8 @@ class FixedPointSolver(torch.nn.Module):
         :param torch.Tensor x0: initial iterate, shape ``(B, ...)``.
         :param Callable callback: optional ``callback(k, x_k, f(x_k))`` called at every iteration.
         :param float tol: relative tolerance of this solve. Default: the solver's ``tol``.
+        :param torch.Tensor scale: per-sample norms, shape ``(B,)``, that the residual is relative
+            to, instead of :math:`\|x_k\|` (a linear solve passes :math:`\|b\|`). Default: none.
         :return: (:class:`SolverResult`) best iterate, its image and statistics.
         """
         tol = self.tol if tol is None else tol
@@ -281,17 +310,16 @@ class FixedPointSolver(torch.nn.Module):
         dev = x0.device
         x = x0
         n_entries = max(x0[0].numel(), 1)
-        eps = torch.finfo(x0.dtype).tiny ** 0.5 if x0.is_floating_point() else 1e-30
+        stat_dtype = real_dtype(x0.dtype)
+        eps = torch.finfo(stat_dtype).tiny ** 0.5
+        if scale is not None:  # residuals relative to a fixed norm per sample (e.g. ||b||)
+            scale = scale.to(device=dev, dtype=stat_dtype)
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         state = self._init_state(x0)
 
         best_x = x0
         best_fx = x0
-        best_rel = torch.full(
-            (B,),
-            float("inf"),
-            device=dev,
-            dtype=torch.float32 if x0.dtype != torch.float64 else x0.dtype,
-        )
+        best_rel = torch.full((B,), float("inf"), device=dev, dtype=stat_dtype)
         best_abs = best_rel.clone()
         converged = torch.zeros(B, dtype=torch.bool, device=dev)
         nonfinite = torch.zeros_like(converged)
@@ -309,7 +337,8 @@ class FixedPointSolver(torch.nn.Module):
             fx = fx.to(x.dtype)
             with torch.autocast(device_type=dev.type, enabled=False):
                 diff_norm = batch_norm(fx - x).to(best_rel.dtype)
-                rel = diff_norm / (batch_norm(x).to(best_rel.dtype) + eps)
+                norm = batch_norm(x).to(best_rel.dtype) + eps if scale is None else scale
+                rel = diff_norm / norm
                 absr = diff_norm / n_entries**0.5
                 finite = torch.isfinite(rel)
                 nonfinite = nonfinite | ~finite
@@ -373,7 +402,11 @@ class FixedPointSolver(torch.nn.Module):
         The linear-solve interface shared with :class:`deepinv_deq.solvers.GMRES`. For the adjoint
         system of implicit differentiation, :math:`M = I - J^\top`, the map is
         :math:`u \mapsto J^\top u + b` (a Neumann series, accelerated by Anderson); it converges
-        when the spectral radius of :math:`J` is below one.
+        when the spectral radius of :math:`J` is below one. As for every linear solver of the
+        package, a sample converges when :math:`\|b - M u\| \le \text{tol}\,\|b\|` (relative
+        to the right-hand side, not to :math:`\|u\|`, which near a singular :math:`M` is
+        :math:`(1-\rho)^{-1}` times larger and would stop the solve that much too early);
+        ``stats.residual`` reports that ratio.
 
         :param Callable matvec: :math:`u \mapsto M u`, applied to the whole batch.
         :param torch.Tensor b: right-hand side, shape ``(B, ...)``.
@@ -382,7 +415,9 @@ class FixedPointSolver(torch.nn.Module):
         :return: (:class:`SolverResult`) ``x`` is the solution (the image of the best iterate);
             ``stats.abs_residual`` is :math:`\|b - M u\|/\sqrt{n}` at the best iterate.
         """
-        result = self(lambda u: u - matvec(u) + b, b if x0 is None else x0, tol=tol)
+        result = self(
+            lambda u: u - matvec(u) + b, b if x0 is None else x0, tol=tol, scale=batch_norm(b)
+        )
         return SolverResult(x=result.fx, fx=result.fx, stats=result.stats)
 
     def extra_repr(self) -> str:

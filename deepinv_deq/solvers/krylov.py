@@ -56,9 +56,13 @@ class GMRES(torch.nn.Module):
     back-substitution. A vanishing pivot (a Krylov space that stops growing, a zero right-hand
     side) contributes a zero coefficient instead of a division by zero, and a sample whose
     products turn NaN or Inf keeps its last finite iterate and is marked ``NONFINITE``: the other
-    samples of the batch are not affected. All breakdown tests are relative to each sample's
-    :math:`\|b\|`, so the solver reaches any tolerance down to rounding, in float32 as in float64.
-    One product with :math:`M` per iteration.
+    samples of the batch are not affected. Every breakdown test is relative to the scale of the
+    quantity it tests (the initial residual to :math:`\|b\|`, a new Krylov direction to
+    :math:`\|Mv_j\|`, a pivot to the largest entry of the triangular factor), so the solve does
+    not depend on the scale of :math:`b` (a loss scaled by :math:`2^{24}` gets the same answer,
+    scaled) and reaches any tolerance down to rounding, in float32 as in float64. Complex systems
+    use conjugated inner products and complex Givens rotations. One product with :math:`M` per
+    iteration.
 
     :param int max_iter: maximum number of products with :math:`M` (the true residual checks
         included). The solver synchronises with the host once per product (its convergence
@@ -119,7 +123,8 @@ class GMRES(torch.nn.Module):
         bf = torch.where(bad[:, None], torch.zeros_like(bf), bf)
         bnorm = torch.where(bad, torch.zeros_like(bnorm), bnorm)
         target = tol * bnorm
-        tiny = torch.finfo(cdtype).eps * bnorm  # relative breakdown threshold
+        eps = torch.finfo(bnorm.dtype).eps
+        tiny = eps * bnorm  # breakdown of the initial residual, relative to ||b||
         x = torch.zeros_like(bf) if x0 is None else x0.reshape(B, -1).to(cdtype)
         x = torch.where(bad[:, None], torch.zeros_like(x), x)
         nmv, trace = 0, []
@@ -130,12 +135,16 @@ class GMRES(torch.nn.Module):
         # max_iter bounds every product with M, the initial and final true residuals included
         while nmv + 1 < self.max_iter and not bool(((res <= target) | bad).all()):
             x, r, res, bad, nmv = self._cycle(
-                mv, x, r, res, bad, bf, bnorm, target, tiny, nmv, trace
+                mv, x, r, res, bad, bf, bnorm, target, tiny, eps, nmv, trace
             )
         return _linear_result(self, x.reshape(shape).to(b.dtype), res, bnorm, nmv, trace, bad, tol)
 
-    def _cycle(self, mv, x, r, res, bad, bf, bnorm, target, tiny, nmv, trace):
-        # one restart cycle: Arnoldi with Givens rotations, then the update of x and its true residual
+    def _cycle(self, mv, x, r, res, bad, bf, bnorm, target, tiny, eps, nmv, trace):
+        # one restart cycle: Arnoldi with Givens rotations, then the update of x and its true
+        # residual. Complex systems use conjugated inner products and complex rotations. Every
+        # breakdown test compares a quantity with eps times the scale it comes from (the initial
+        # residual with ||b||, a new Krylov direction with ||M v_j||, a pivot with the largest
+        # entry of R), so that the solve does not depend on the scale of b.
         B, m = x.shape[0], self.restart
         r = torch.where(bad[:, None], torch.zeros_like(r), r)
         beta = torch.where(bad, torch.zeros_like(res), res)
@@ -148,29 +157,32 @@ class GMRES(torch.nn.Module):
             w = mv(V[j])
             nmv += 1
             w = torch.where(bad[:, None], torch.zeros_like(w), w)
+            wnorm = batch_norm(w)
             h = []
             for i in range(j + 1):
-                hi = (w * V[i]).sum(dim=1)
+                hi = (V[i].conj() * w).sum(dim=1)
                 h.append(hi)
                 w = w - hi[:, None] * V[i]
             hn = batch_norm(w)
-            V.append(_safe_div(w, hn[:, None], tiny[:, None]))
+            V.append(_safe_div(w, hn[:, None], eps * wnorm[:, None]))
             for i in range(j):  # the previous rotations, applied to the new column
-                h[i], h[i + 1] = cs[i] * h[i] + sn[i] * h[i + 1], -sn[i] * h[i] + cs[i] * h[i + 1]
-            d = torch.hypot(h[j], hn)
-            cs.append(
-                torch.where(
-                    d > 0, h[j] / torch.where(d > 0, d, torch.ones_like(d)), torch.ones_like(d)
+                h[i], h[i + 1] = (
+                    cs[i] * h[i] + sn[i] * h[i + 1],
+                    -sn[i].conj() * h[i] + cs[i] * h[i + 1],
                 )
-            )
-            sn.append(
-                torch.where(
-                    d > 0, hn / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(d)
-                )
-            )
-            h[j] = d
+            # the rotation that zeroes hn below h[j]: c real, |c|^2 + |s|^2 = 1
+            a = h[j].abs()
+            d = torch.sqrt(a**2 + hn**2)
+            ok = d > 0
+            one = torch.ones_like(d)
+            c = torch.where(ok, a / torch.where(ok, d, one), one)
+            phase = torch.where(a > 0, h[j] / torch.where(a > 0, a, one), torch.ones_like(h[j]))
+            sv = torch.where(ok, phase * hn / torch.where(ok, d, one), torch.zeros_like(h[j]))
+            cs.append(c.to(x.dtype))
+            sn.append(sv)
+            h[j] = phase * d
             R[:, : j + 1, j] = torch.stack(h, dim=1)
-            g[:, j + 1] = -sn[j] * g[:, j]
+            g[:, j + 1] = -sn[j].conj() * g[:, j]
             g[:, j] = cs[j] * g[:, j]
             est = g[:, j + 1].abs()
             bad = bad | ~torch.isfinite(est)
@@ -179,9 +191,10 @@ class GMRES(torch.nn.Module):
                 break
         k = j + 1
         z = torch.zeros(B, k, dtype=x.dtype, device=x.device)
+        pivot_tiny = eps * R[:, :k, :k].abs().flatten(1).amax(dim=1)
         for i in reversed(range(k)):  # back-substitution in the triangular system R z = g
             acc = g[:, i] - (R[:, i, i + 1 : k] * z[:, i + 1 : k]).sum(dim=1)
-            z[:, i] = _safe_div(acc, R[:, i, i], tiny)
+            z[:, i] = _safe_div(acc, R[:, i, i], pivot_tiny)
         x_new = x + (torch.stack(V[:k], dim=2) @ z[:, :, None]).squeeze(2)
         r_new = bf - mv(x_new)
         nmv += 1
