@@ -249,6 +249,17 @@ def _shapes(t):
     return [tuple(p.shape) for p in tensor_parts(t)]
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    r"""Whether ``error`` reports an exhausted memory (CUDA or CPU allocator, or Python's
+    :class:`MemoryError`): such errors are passed on untouched, never explained as bad input."""
+    import torch
+
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    message = str(error).lower()
+    return "out of memory" in message or "can't allocate memory" in message
+
+
 def measurement_error(owner: str, y, error: Exception) -> ValueError:
     r"""The error for measurements ``y`` that the physics rejects (``A^T y`` fails)."""
     return ValueError(
@@ -261,15 +272,19 @@ def explain_map_error(owner: str, error: Exception, x: Tensor, y, physics, init)
 
     A shape mismatch that can be proven (``A^T y`` fails, ``init`` does not have the shape of
     ``A^T y``, or ``A(A^T y)`` does not have the shape of ``y``) becomes a :class:`ValueError`
-    naming it; any other error keeps its type and gains the shapes involved in its message."""
+    naming it; any other error keeps its type and gains the shapes involved in its message. An
+    out-of-memory error is returned untouched (:func:`is_out_of_memory`), whatever the check
+    would say."""
     import torch
 
+    if is_out_of_memory(error):
+        return error
     try:
         with torch.no_grad():
             image = physics.A_adjoint(y)
             measured = physics.A(image)
     except Exception as e:  # the physics itself rejects y
-        return measurement_error(owner, y, e)
+        return error if is_out_of_memory(e) else measurement_error(owner, y, e)
     if init is not None and tuple(init.shape) != tuple(image.shape):
         return ValueError(
             f"{owner}: 'init' has shape {tuple(init.shape)} but the images of this physics have shape "

@@ -228,6 +228,26 @@ class _Adjoint(torch.autograd.Function):
         return ctx.solve(v), None
 
 
+def _depends_on_other_leaves(z: Tensor, x_in: Tensor, limit: int = 100_000) -> bool:
+    # whether the graph of z reaches a tensor requiring a gradient other than x_in (a walk over
+    # the graph of one map evaluation, stopped at the first such leaf; assumed True past `limit`)
+    seen, stack = set(), [z.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        if len(seen) >= limit:
+            return True
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # AccumulateGrad: a leaf
+        if variable is not None:
+            if variable is not x_in:
+                return True
+            continue
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
+
+
 class ImplicitDifferentiation(BackwardStrategy):
     r"""Exact gradient of the fixed point by implicit differentiation :footcite:p:`bai2019deep`.
 
@@ -322,6 +342,10 @@ class ImplicitDifferentiation(BackwardStrategy):
             )
         if not z.requires_grad:
             return z
+        if not _depends_on_other_leaves(z, x_in):
+            # a frozen model (no parameter, input or physics tensor requires a gradient): nothing
+            # upstream needs one, so no adjoint solve is attached
+            return z.detach()
         guard = tuple(t for t in guard if t.requires_grad)
         tol = default_tol(self.solver.tol, z) if self._auto_tol else None
 

@@ -76,8 +76,11 @@ class ContractiveDenoiser(torch.nn.Module):
         ``forward`` accepts a second argument, else ``residual(x)``. Default: ``None``, meaning
         ``residual_cnn(in_channels, depth, width)``.
     :param float epsilon: contraction margin :math:`\epsilon \in (0, 1]`. Default: ``0.1``.
-    :param bool zero_init: set the last convolution or linear layer of ``residual`` to zero
-        (a :class:`ValueError` if that layer is spectrally normalised). Default: ``True``.
+    :param bool zero_init: set the output layer of ``residual`` to zero: the last convolution or
+        linear layer to run on a probe input (whatever the order in which the layers are
+        defined); a :class:`ValueError` if that layer is spectrally normalised, if no probe fits
+        the network, or if the branch is still not zero on the probe (an operation after that
+        layer shifts it). Default: ``True``.
     :param int in_channels: image channels of the default network. Default: ``1``.
     :param int depth: convolutions of the default network. Default: ``5``.
     :param int width: features of the default network. Default: ``16``.
@@ -118,22 +121,73 @@ class ContractiveDenoiser(torch.nn.Module):
         self.residual = residual
         self._takes_sigma = _accepts_second_argument(residual)
         if zero_init:
-            last = [m for m in residual.modules() if isinstance(m, _LAST_LAYERS)]
-            if not last:
-                raise ValueError(
-                    "ContractiveDenoiser: zero_init=True needs a convolution or linear layer in 'residual'; "
-                    "pass zero_init=False for a network without one."
-                )
-            if _is_normalised(last[-1]):
-                raise ValueError(
-                    "ContractiveDenoiser: zero_init=True cannot zero a spectrally normalised last layer "
-                    "(W / sigma(W) is undefined at W = 0). Normalise the other layers only, e.g. "
-                    "D = ContractiveDenoiser(); spectral_normalize(D.residual[:-1])."
-                )
-            with torch.no_grad():
-                last[-1].weight.zero_()
-                if last[-1].bias is not None:
-                    last[-1].bias.zero_()
+            self._zero_output_layer(in_channels)
+
+    def _branch(self, x: Tensor, sigma=None) -> Tensor:
+        return self.residual(x, sigma) if self._takes_sigma else self.residual(x)
+
+    def _zero_output_layer(self, in_channels: int) -> None:
+        # zero the layer that produces R's output, the last convolution or linear layer to run
+        # on a probe (not the last one registered: a network may define its output layer first),
+        # then check on the probe that R is zero
+        layers = [m for m in self.residual.modules() if isinstance(m, _LAST_LAYERS)]
+        if not layers:
+            raise ValueError(
+                "ContractiveDenoiser: zero_init=True needs a convolution or linear layer in 'residual'; "
+                "pass zero_init=False for a network without one."
+            )
+        probe, order = self._probe_order(layers, in_channels)
+        if probe is None:
+            raise ValueError(
+                "ContractiveDenoiser: zero_init=True could not run a probe through 'residual' (no "
+                "input shape derived from its layers fits) to find its output layer; pass "
+                "zero_init=False and initialise the branch to zero yourself."
+            )
+        last = order[-1]
+        if _is_normalised(last):
+            raise ValueError(
+                "ContractiveDenoiser: zero_init=True cannot zero a spectrally normalised last layer "
+                "(W / sigma(W) is undefined at W = 0). Normalise the other layers only, e.g. "
+                "D = ContractiveDenoiser(); spectral_normalize(D.residual[:-1])."
+            )
+        with torch.no_grad():
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
+            out = self._branch(probe, 0.05)
+        if not isinstance(out, Tensor) or bool(out.abs().max() > 0):
+            raise ValueError(
+                f"ContractiveDenoiser: zeroing the output layer of 'residual' ({type(last).__name__}, "
+                "the last such layer to run) does not make the branch zero (something after it, "
+                "e.g. a bias or a non-linearity with a non-zero value at 0, shifts the output): "
+                "D would not be (1 - epsilon) I at initialisation. Pass zero_init=False and "
+                "initialise the branch to zero yourself."
+            )
+
+    def _probe_order(self, layers: list, in_channels: int):
+        # the order in which the layers run on a probe input, trying input shapes derived from
+        # the layers (channels or features of each, image or vector) until one fits
+        widths = [in_channels] + [
+            getattr(m, "in_channels", getattr(m, "in_features", 0)) for m in layers
+        ]
+        order: list = []
+        hooks = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in layers]
+        try:
+            for c in dict.fromkeys(w for w in widths if w):
+                for shape in ((1, c, 16, 16), (1, c, 16), (1, c, 8, 8, 8), (1, c)):
+                    order.clear()
+                    probe = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+                    try:
+                        with torch.no_grad():
+                            self._branch(probe, 0.05)
+                    except Exception:
+                        continue
+                    if order:
+                        return probe, list(order)
+        finally:
+            for h in hooks:
+                h.remove()
+        return None, []
 
     def forward(self, x: Tensor, sigma=None) -> Tensor:
         r"""Denoise :math:`x`.
@@ -142,8 +196,7 @@ class ContractiveDenoiser(torch.nn.Module):
         :param float, torch.Tensor sigma: noise level, passed to :math:`R` when it accepts it.
         :return: (:class:`torch.Tensor`) :math:`(1-\epsilon) x + R(x, \sigma)`.
         """
-        r = self.residual(x, sigma) if self._takes_sigma else self.residual(x)
-        return (1.0 - self.epsilon) * x + r
+        return (1.0 - self.epsilon) * x + self._branch(x, sigma)
 
     def extra_repr(self) -> str:
         return f"epsilon={self.epsilon}"

@@ -18,6 +18,7 @@ from ._validation import (
     check_measurements,
     default,
     explain_map_error,
+    is_out_of_memory,
     measurement_error,
     is_given,
     reject_unknown,
@@ -325,7 +326,7 @@ class DEQ(Reconstructor):
             try:
                 return self.initial_iterate(y, physics).detach()
             except RuntimeError as e:
-                if "out of memory" in str(e):
+                if is_out_of_memory(e):
                     raise
                 raise measurement_error("DEQ", y, e) from e
 

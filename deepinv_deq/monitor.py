@@ -23,6 +23,7 @@ they happen.
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from typing import Callable
 
@@ -88,7 +89,7 @@ class _MonitorMetric(torch.nn.Module):
         super().__init__()
         self._monitor = [monitor]  # a list: keep the monitor out of the module tree
         self._pending: deque = deque(maxlen=monitor.max_history)
-        monitor._readers.append(self._pending)
+        monitor._readers.add(self)  # a weak reference: released with the metric
 
     def forward(self, x_net: Tensor = None, model=None, y=None, physics=None, **kwargs) -> Tensor:
         monitor = self._monitor[0]
@@ -206,7 +207,8 @@ class DEQMonitor:
         self._rho_vector = None
         self.callback = callback
         self.history: deque = deque(maxlen=self.max_history)
-        self._readers: list = []
+        # the metrics reading the records, held weakly: a metric that is dropped stops receiving
+        self._readers: weakref.WeakSet = weakref.WeakSet()
         self._handles: list = []
         self.model = None
         if model is not None:
@@ -233,11 +235,14 @@ class DEQMonitor:
         return self
 
     def detach(self) -> None:
-        r"""Stop recording."""
+        r"""Stop recording, and release the records that the metrics had not read yet."""
         for h in self._handles:
             h.remove()
         self._handles = []
         self.model = None
+        for metric in list(self._readers):
+            metric._pending.clear()
+        self._readers.clear()
 
     def metrics(self, quantities=None) -> list:
         r"""Trainer-compatible metrics reporting the recorded statistics.
@@ -309,8 +314,8 @@ class DEQMonitor:
             return
         rec = SolveRecord(kind, stats)
         self.history.append(rec)
-        for queue in self._readers:
-            queue.append(rec)
+        for metric in list(self._readers):
+            metric._pending.append(rec)
         if self.callback is not None:
             self.callback(rec)
 
