@@ -116,21 +116,40 @@ def validation_psnr(model, physics, batches, to_image) -> float:
 
 
 def random_generators(physics, losses) -> dict:
-    r"""The random generators a training step draws from: the physics' noise generator
-    (``physics.noise_model.rng``) and the transformations' (``loss.T.rng``) of the losses, by name.
+    r"""Every random generator a training step draws from, by name: the physics' noise generator
+    (``physics.noise_model.rng``) and physics generator (``physics_generator.rng``), and for each
+    loss its transformation's (``loss.T.rng``), its own (``loss.rng``, e.g. the choice of operator
+    of :class:`deepinv.loss.MOEILoss`), its physics generator's, and the noise generators of the
+    operators it holds (``loss.physics``).
 
     deepinv may replace a generator object (e.g. when a noise model is moved to a device), so they
     are looked up on the objects that use them rather than kept from their construction.
     """
     out = {}
-    rng = getattr(getattr(physics, "noise_model", None), "rng", None)
-    if isinstance(rng, torch.Generator):
-        out["noise"] = rng
+
+    def add(name, obj, *path):
+        for attr in path:
+            obj = getattr(obj, attr, None)
+        if isinstance(obj, torch.Generator) and all(obj is not g for g in out.values()):
+            out[name] = obj
+
+    add("noise", physics, "noise_model", "rng")
+    add("physics_generator", physics, "physics_generator", "rng")
     for i, loss in enumerate(losses):
-        rng = getattr(getattr(loss, "T", None), "rng", None)
-        if isinstance(rng, torch.Generator):
-            out[f"transform_{i}"] = rng
+        add(f"transform_{i}", loss, "T", "rng")
+        add(f"loss_{i}", loss, "rng")
+        add(f"loss_{i}_physics_generator", loss, "physics_generator", "rng")
+        operators = getattr(loss, "physics", None)
+        if isinstance(operators, (list, tuple)):
+            for j, op in enumerate(operators):
+                add(f"loss_{i}_physics_{j}_noise", op, "noise_model", "rng")
     return out
+
+
+def _load_checkpoint(path: Path) -> dict:
+    # on the CPU: random generators' states must be CPU byte tensors (set_state refuses others);
+    # the model's and optimiser's tensors are moved to their parameters' devices by load_state_dict
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def train(
@@ -214,8 +233,9 @@ def train(
     best = -float("inf")
     torch.manual_seed(seed)
     last = folder / "last.pt"
+    window = []
     if last.exists():
-        state = torch.load(last, map_location=cfg.device, weights_only=False)
+        state = _load_checkpoint(last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
@@ -224,8 +244,12 @@ def train(
         best = state["best"]
         loader_gen.set_state(state["rng"]["loader"])
         for name, g in generators.items():
-            g.set_state(state["rng"][name])
+            if name in state["rng"]:  # (a checkpoint of an earlier version may lack some)
+                g.set_state(state["rng"][name])
         torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        window = list(state.get("window", []))  # training losses since the last validation
         if counter is not None and "counter" in state:
             counter.load_state_dict(state["counter"])
         if history["steps"] != total_steps:  # extended to more epochs
@@ -235,7 +259,6 @@ def train(
                 _stretch_cosine(scheduler, optimizer, total_steps)
     device = torch.device(cfg.device)
     model.train()
-    window = []
     for epoch in range(history["epochs_done"], epochs):
         t0 = time.process_time()
         for i, x in enumerate(loader):
@@ -277,6 +300,7 @@ def train(
         rng = {
             "loader": loader_gen.get_state(),
             "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             **{name: g.get_state() for name, g in generators.items()},
         }
         state = dict(
@@ -286,6 +310,7 @@ def train(
             history=history,
             best=best,
             rng=rng,
+            window=list(window),
             counter=counter.state_dict() if counter is not None else None,
         )
         current = history["val_psnr"][-1] if history["val_psnr"] else None
