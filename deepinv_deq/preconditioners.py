@@ -261,6 +261,11 @@ class FourierPreconditioner(torch.nn.Module):
         if not self.applies_to(like):
             return None
         key = (tuple(like.shape[1:]), like.dtype, like.device)
+        if self._key is not None and key[:2] == self._key[:2] and key[2] != self._key[2]:
+            # the same system on another device (e.g. a state dict loaded on the CPU): follow it
+            if self._num is not None:
+                self._num, self._den = self._num.to(like.device), self._den.to(like.device)
+            self._key, self._inverse = key, None
         if key != self._key:
             self._reset(key)
         with torch.no_grad():
