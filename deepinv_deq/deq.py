@@ -141,7 +141,10 @@ class DEQ(Reconstructor):
     After each call, :attr:`forward_stats` holds the :class:`deepinv_deq.solvers.SolverStats` of the
     forward solve and :attr:`backward_stats` those of the last implicit backward solve of this
     model; to see every solve (an EI step makes several), use :meth:`register_stats_hook` or
-    :class:`deepinv_deq.DEQMonitor`. A backward instance may be shared by several models.
+    :class:`deepinv_deq.DEQMonitor`. A backward instance may be shared by several models. For
+    several devices use :class:`torch.nn.parallel.DistributedDataParallel`;
+    :class:`torch.nn.DataParallel`, whose replicas would lose the statistics, is refused with a
+    :class:`RuntimeError` (on a machine without GPUs it runs the model itself, which works).
 
     |sep|
 
@@ -301,6 +304,13 @@ class DEQ(Reconstructor):
         :return: the reconstruction, or ``(x, metrics)`` when ``compute_metrics`` is ``True``.
         """
         reject_unknown("DEQ.forward", kwargs, _parameter_names(DEQ.forward))
+        if getattr(self, "_is_replica", False):
+            raise RuntimeError(
+                "DEQ: torch.nn.DataParallel is not supported: the statistics of each solve would "
+                "be set on its short-lived replicas and lost, and its threads would share the "
+                "statistics hooks. Use torch.nn.parallel.DistributedDataParallel (one process per "
+                "device), which keeps each process's statistics and is tested."
+            )
         ref = next(
             (
                 t

@@ -132,3 +132,17 @@ def test_monitor_releases_its_readers():
     assert all(len(m._pending) == 2 for m in kept)  # one forward and one backward record
     monitor.detach()
     assert len(monitor._readers) == 0 and all(len(m._pending) == 0 for m in kept)
+
+
+def test_data_parallel_replicas_are_refused_clearly():
+    # on 0.2 DataParallel's replicas set forward_stats on themselves (lost) and shared the hooks
+    physics = dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.6)
+    model = DEQ(denoiser=ContractiveDenoiser(depth=2, width=4), max_iter=30)
+    y = physics(torch.rand(2, 1, 8, 8))
+    replica = model._replicate_for_data_parallel()  # what DataParallel makes on each GPU
+    with pytest.raises(RuntimeError, match="DistributedDataParallel"):
+        replica(y, physics)
+    # without GPUs DataParallel calls the model itself: that works and keeps the statistics
+    wrapped = torch.nn.DataParallel(model)
+    wrapped(y, physics)
+    assert model.forward_stats is not None and model.forward_stats.all_converged
