@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import deepinv as dinv
 
+from common import markdown_table
 from deepinv_deq import DEQ, ContractiveDenoiser
 from deepinv_deq.preconditioners import FourierPreconditioner
 from deepinv_deq.solvers import GMRES
@@ -153,10 +154,7 @@ def main():
         "final residual",
         "error vs reference",
     ]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    print(markdown_table(header, rows))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import deepinv as dinv
 
+from common import markdown_table
 from deepinv_deq import DEQ, ContractiveDenoiser
 from deepinv_deq.backward import ImplicitDifferentiation
 from deepinv_deq.preconditioners import FourierPreconditioner
@@ -124,10 +125,7 @@ def main():
     header = ["problem", "denoiser", "fwd evals", "ref residual"]
     header += ["gmres", "gmres + fourier", "anderson", "anderson + fourier"]
     print()
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    print(markdown_table(header, rows))
 
 
 if __name__ == "__main__":
