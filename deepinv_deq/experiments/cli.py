@@ -669,7 +669,10 @@ def _eval(args, out: Path, log, say, error) -> int:
     from .results import markdown, write_tables
     from .runner import reevaluate
 
-    folders = sorted(p.parent for p in out.glob("*/*/config.json") if p.parent.name != "denoiser")
+    # run folders only (<method> or <method>-<regime>), not the denoisers of PnP and RED
+    # (denoiser_<sigma>), which hold a config.json too
+    names = set(METHODS) | {f"{m}-{r}" for m in METHODS for r in REGIMES}
+    folders = sorted(p.parent for p in out.glob("*/*/config.json") if p.parent.name in names)
     if not folders:
         error(f"--out: no trained run found in '{out}'")
     results = []

@@ -22,7 +22,7 @@ from .base import SolverResult, SolverStats, SolverStatus
 def _linear_result(
     solver, u: Tensor, res: Tensor, bnorm: Tensor, nmv: int, trace, bad: Tensor, tol: float
 ) -> SolverResult:
-    # statistics of a linear solve M u = b from the final true residual norms ||b - M u||
+    # statistics of a linear solve M u = b from the final residual norms ||b - M u||
     rel = res / torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
     bad = bad | ~torch.isfinite(rel) | ~torch.isfinite(u.reshape(u.shape[0], -1)).all(dim=1)
     status = torch.where(rel <= tol, int(SolverStatus.CONVERGED), int(SolverStatus.MAX_ITER))
@@ -64,9 +64,11 @@ class GMRES(torch.nn.Module):
     use conjugated inner products and complex Givens rotations. One product with :math:`M` per
     iteration.
 
-    :param int max_iter: maximum number of products with :math:`M` (the true residual checks
-        included). The solver synchronises with the host once per product (its convergence
-        test). Default: ``50``.
+    :param int max_iter: maximum number of products with :math:`M` (the true residuals computed
+        at each restart included). The residual reported for the returned iterate is the one
+        GMRES's recurrence gives (exact up to rounding), which saves the product of a final true
+        residual. The solver synchronises with the host once per product (its convergence test).
+        Default: ``50``.
     :param float tol: relative residual tolerance :math:`\|b - Mu\| \le \text{tol}\,\|b\|`.
         Default: ``1e-5``.
     :param int restart: Krylov dimension before a restart. Default: ``20``.
@@ -132,7 +134,7 @@ class GMRES(torch.nn.Module):
         nmv += x0 is not None
         res = batch_norm(r)
         bad = bad | ~torch.isfinite(res)
-        # max_iter bounds every product with M, the initial and final true residuals included
+        # max_iter bounds every product with M, the initial and restart true residuals included
         while nmv + 1 < self.max_iter and not bool(((res <= target) | bad).all()):
             x, r, res, bad, nmv = self._cycle(
                 mv, x, r, res, bad, bf, bnorm, target, tiny, eps, nmv, trace
@@ -196,9 +198,14 @@ class GMRES(torch.nn.Module):
             acc = g[:, i] - (R[:, i, i + 1 : k] * z[:, i + 1 : k]).sum(dim=1)
             z[:, i] = _safe_div(acc, R[:, i, i], pivot_tiny)
         x_new = x + (torch.stack(V[:k], dim=2) @ z[:, :, None]).squeeze(2)
-        r_new = bf - mv(x_new)
-        nmv += 1
-        res_new = batch_norm(r_new)
+        if nmv + 1 >= self.max_iter or bool(((est <= target) | bad).all()):
+            # the last cycle: the residual norm is the one GMRES's recurrence gives, without a
+            # product (the true residual is computed only to restart from it)
+            r_new, res_new = r, est
+        else:
+            r_new = bf - mv(x_new)
+            nmv += 1
+            res_new = batch_norm(r_new)
         ok = ~bad & torch.isfinite(res_new) & torch.isfinite(x_new).all(dim=1)
         # a sample whose products turned non-finite keeps its last finite iterate
         x = torch.where(ok[:, None], x_new, x)
