@@ -170,9 +170,13 @@ def _skip_member(app, what, name, obj, skip, options):
 
 def _signature(app, what, name, obj, options, signature, return_annotation):
     """Drop ``**unknown`` from signatures: it only collects misspelled options to reject them with a
-    clear error, it accepts nothing."""
+    clear error, it accepts nothing. Show the plain default of an option marked with
+    ``default(...)`` (the marker tells the code whether the user passed the option; with
+    ``autodoc_preserve_defaults`` the source text ``default(1.0)`` would be shown)."""
     if signature and "**unknown" in signature:
         signature = signature.replace(", **unknown", "").replace("(**unknown)", "()")
+    if signature:
+        signature = re.sub(r"\bdefault\(([^()]*)\)", r"\1", signature)
     return signature, return_annotation
 
 
