@@ -15,7 +15,7 @@ import deepinv_deq
 from deepinv_deq.experiments import cli
 from deepinv_deq.experiments.configs import METHODS
 
-TINY = ["--size", "tiny", "--no-progress", "--threads", "1"]
+TINY = ["--size", "tiny", "--no-progress", "--threads", "1", "--jobs", "1"]
 
 
 def _main(args, capsys):
@@ -44,6 +44,9 @@ def test_demo_writes_tables_and_figure(tmp_path, capsys, monkeypatch):
     runs = json.loads((tmp_path / "demo.json").read_text())["runs"]
     assert all(len(r["psnr"]) == 2 for r in runs)  # tiny: 2 test images
     assert (tmp_path / "figure_ct.png").read_bytes()[:4] == b"\x89PNG"
+    # every figure written is listed, the training curves too
+    written = next(line for line in out.splitlines() if line.startswith("written: "))
+    assert str(tmp_path / "curves_ct.png") in written and (tmp_path / "curves_ct.png").exists()
     meta = json.loads((tmp_path / "experiment.json").read_text())
     assert meta["config"]["img_size"] == 16 and meta["command"].startswith("deepinv-deq demo")
 

@@ -262,15 +262,16 @@ def _machine(g) -> None:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)",
+        help="CPU threads for torch in each process (default: 1 on the CPU, never slowed down "
+        "by another busy process as several threads are; torch's choice on a GPU)",
     )
     g.add_argument(
         "--jobs",
         type=_positive_int,
-        default=1,
+        default=None,
         metavar="N",
-        help="seeds trained at the same time, one process each (default: %(default)s; e.g. "
-        "--jobs 2 --threads 1 on two cores); the results do not depend on it",
+        help="seeds trained at the same time, one process each (default: for demo, 2 on a CPU "
+        "with two cores or more; else 1); the results do not depend on it",
     )
 
 
@@ -475,11 +476,17 @@ def _config(args, error) -> ExperimentConfig:
 
 
 def _setup_machine(args, error) -> None:
-    """Apply ``--threads``; check ``--device``."""
+    """Apply ``--threads`` and ``--jobs`` (their defaults depend on the device); check ``--device``."""
     import torch
 
+    cpu = not args.device.startswith("cuda")
+    if args.threads is None and cpu:
+        args.threads = 1
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if hasattr(args, "jobs") and args.jobs is None:
+        parallel = cpu and args.command == "demo"
+        args.jobs = min(2, os.cpu_count() or 1) if parallel else 1
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         error(f"--device {args.device}: CUDA is not available on this machine")
 
@@ -570,7 +577,7 @@ def _run_kwargs(run, args, index: int, total: int, task: str, method: str, regim
 def _grid(cfg, out, runs, progress, log, args):
     from .runner import run, train_in_parallel
 
-    if getattr(args, "jobs", 1) > 1 and not getattr(args, "extend", False):
+    if (getattr(args, "jobs", None) or 1) > 1 and not getattr(args, "extend", False):
         if args.overwrite:  # start afresh here, then train the seeds in parallel
             import shutil
 
@@ -610,6 +617,9 @@ def _report(results, cfg, out: Path, name: str, log, say, figures: bool = True) 
                 results, out, task, out / f"figure_{task}.png", reference=magnitude(x)[0].cpu()
             )
             written.append(str(path))
+            curves = path.with_name(f"curves_{task}.png")
+            if curves.exists():
+                written.append(str(curves))
     say("written: " + ", ".join(written))
 
 

@@ -217,7 +217,7 @@ def build_model(
             kwargs.update(
                 backward_max_iter=cfg.backward_max_iter,
                 backward_tol=cfg.backward_tol,
-                backward_solver="anderson",
+                backward_solver="gmres",  # preconditioned (the library's default)
             )
         model = DEQ(**kwargs)
     elif method == "unrolled":

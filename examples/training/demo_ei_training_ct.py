@@ -63,7 +63,8 @@ physics = dinv.physics.Tomography(
 # :math:`R_\theta` is a small CNN whose last layer starts at zero. At initialisation the map is
 # therefore a contraction (:math:`\rho(J_F) \le 0.9`): the fixed point is unique and both the
 # forward solve and the implicit backward system :math:`(I - J_F^\top)u = v` are well posed.
-# Anderson acceleration, tolerance :math:`10^{-4}` forward and backward, at most 100 iterations.
+# Anderson acceleration forward, GMRES with the Fourier preconditioner backward (the defaults),
+# tolerance :math:`10^{-4}` both ways, at most 100 iterations.
 
 model = DEQ(
     denoiser=ContractiveDenoiser(in_channels=1),
