@@ -22,7 +22,7 @@ nothing below ``deq`` imports from ``experiments`` or ``loss``):
 
 import sys as _sys
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "DEQ",
