@@ -166,6 +166,8 @@ class GMRES(torch.nn.Module):
                 h.append(hi)
                 w = w - hi[:, None] * V[i]
             hn = batch_norm(w)
+            # a non-finite product makes that sample NONFINITE (its rotation would read as solved)
+            bad = bad | ~torch.isfinite(wnorm) | ~torch.isfinite(torch.stack(h, dim=1)).all(dim=1)
             V.append(_safe_div(w, hn[:, None], eps * wnorm[:, None]))
             for i in range(j):  # the previous rotations, applied to the new column
                 h[i], h[i + 1] = (
