@@ -68,6 +68,16 @@ def test_train_to_plateau_stops_at_plateau_or_cap(tmp_path, curve, reached, epoc
     assert json.loads((tmp_path / "plateau.json").read_text())["epochs"] == calls[-1]
 
 
+def test_an_interrupted_extension_resumes_where_it_was(tmp_path):
+    # the run was in its extension to 9 epochs: resuming must not restart from 4 (that would
+    # shrink the cosine schedule of the checkpoint written for 9)
+    (tmp_path / "plateau.json").write_text(json.dumps({"epochs": 9}))
+    cfg = ExperimentConfig(epochs=4, budget="plateau", max_epochs=12)
+    train, calls = _fake_train(lambda e: 30.0 - 10.0 / e**3)
+    history = train_to_plateau(train, None, None, [], None, cfg, tmp_path, 0, val_batches=[1])
+    assert calls == [9] and history["plateau"]["reached"]
+
+
 def test_plateau_needs_validation(tmp_path):
     cfg = ExperimentConfig(epochs=2, budget="plateau")
     with pytest.raises(ValueError, match="validation"):

@@ -174,8 +174,9 @@ PRESET_NOTES = {
     "3 seeds, a "
     "contractive depth-8 / width-32 denoiser, each trained run until its validation PSNR gains "
     "< 0.05 dB over its last 20 % of steps (from 16 epochs, cap 64); at init the DEQ solves "
-    "converge (8/8 images, CT 14 and MRI 2 iterations), one training step of 8 images takes 2.1 s "
-    "(CT) and 0.4 s (MRI) on one CPU thread; total time UNMEASURED",
+    "converge (32/32 images, CT 14 and MRI 2 iterations); one EI-DEQ training step of 8 images "
+    "takes 3.7 s (CT) and 0.7-1.1 s (MRI) of CPU on one thread (supervised: 2.1 s and 0.4 s), "
+    "so ~30 min per CT EI seed at 16 epochs before any extension; total time UNMEASURED",
     "paper": "paper-like settings (GPU: 128x128, 2000 images, 100 epochs, tol 1e-4, contractive "
     "init); unmeasured",
 }

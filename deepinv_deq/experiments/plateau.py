@@ -83,7 +83,9 @@ def train_to_plateau(train, model, physics, losses, dataset, cfg, folder, seed, 
     fixed = dataclasses.replace(cfg, budget="fixed")
     cap = cfg.epoch_cap()
     state = Path(folder) / "plateau.json"
-    epochs = json.loads(state.read_text())["epochs"] if state.exists() else cfg.epochs
+    epochs = cfg.epochs  # or, for an interrupted run, the extension it was in
+    if state.exists():
+        epochs = max(epochs, json.loads(state.read_text())["epochs"])
     while True:
         Path(folder).mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps({"epochs": epochs}))
