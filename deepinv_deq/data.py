@@ -48,6 +48,7 @@ Every dataset here returns bare image tensors ``x`` of shape ``(C, H, W)``, as
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -584,10 +585,13 @@ def nonempty_slices(volume: torch.Tensor, threshold: float = 0.1, area: float = 
     return [int(k) for k in torch.nonzero(above > area).flatten()]
 
 
+@functools.lru_cache(maxsize=1)
 def mni_volume() -> torch.Tensor:
     r"""The MNI ICBM152 T1 template from the installed nilearn package, as a ``float32`` tensor of
     axial slices ``(189, 233, 197)`` (inferior to superior; anterior at the top of each slice) in
     :math:`[0, 1]`.
+
+    Read once per process (cached; do not modify the returned tensor).
 
     :raises ImportError: without nilearn or nibabel (the ``[realdata]`` extra).
     :raises FileNotFoundError: if the nilearn package does not hold the template.

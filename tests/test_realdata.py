@@ -47,3 +47,18 @@ def test_real_ct_test_images():
     # attenuation-like: air near 0, soft tissue around water (0.5), not min-max normalised
     assert float(x.amax((1, 2, 3)).min()) > 0.5
     assert all(0.05 < float(m) < 0.6 for m in x.mean((1, 2, 3)))
+
+
+def test_tiny_mri_run_on_the_template(tmp_path):
+    pytest.importorskip("nilearn")
+    pytest.importorskip("nibabel")
+    from deepinv_deq.experiments.configs import ExperimentConfig
+    from deepinv_deq.experiments.runner import run
+
+    cfg = ExperimentConfig.from_preset("tiny", mri_data="mni")
+    quiet = dict(progress=False, log=lambda *a: None)
+    mni = run("mri", "pinv", None, cfg, tmp_path / "mni", **quiet)
+    phantoms = run(
+        "mri", "pinv", None, ExperimentConfig.from_preset("tiny"), tmp_path / "p", **quiet
+    )
+    assert len(mni["psnr"]) == cfg.n_test and mni["psnr"] != phantoms["psnr"]

@@ -232,8 +232,8 @@ class ExperimentConfig:
         training / validation / test slabs separated by gaps; needs the ``[realdata]`` extra).
     :param float blur_sigma: standard deviation (pixels) of the Gaussian kernel of ``deblur``.
     :param float blur_noise: Gaussian noise standard deviation of ``deblur``.
-    :param float blur_lambda: weight :math:`\lambda` of the Tikhonov (Wiener) pseudo-inverse of
-        ``deblur``, :math:`(A^\top A + \lambda I)^{-1} A^\top y`.
+    :param float blur_lambda: Tikhonov weight :math:`\lambda` of the Wiener pseudo-inverse of
+        ``deblur``.
     :param str budget: ``"fixed"`` (``epochs`` epochs) or ``"plateau"``: from ``epochs`` on,
         training is extended (cosine schedule stretched) until the validation PSNR gains less
         than ``plateau_db`` over the last ``plateau_fraction`` of the steps, or ``max_epochs``.
