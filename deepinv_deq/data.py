@@ -4,6 +4,7 @@ Default data (nothing is downloaded, every image is a deterministic function of 
 
 - **CT**: random-ellipse phantoms from deepinv's own generator
   (:class:`deepinv.utils.RandomPhantomDataset`), made reproducible by :class:`SeededPhantomDataset`.
+- **Deblurring**: the CT phantoms.
 - **MRI**: procedural *head* phantoms (:func:`head_phantom`): an elliptical skull ring, a brain of
   soft-tissue intensity, a darker "white-matter" region and random interior ellipses
   ("ventricles", "lesions") drawn with deepinv's ellipse generator, as a 2-channel (real,
@@ -15,7 +16,30 @@ wheel: the template is a *single* brain volume, so its ~190 axial slices are str
 fixed, and it needs two extra packages (``nilearn``, ``nibabel``, ~10 MB). Procedural phantoms are
 independent, of any size and count, reproducible from a seed and need nothing beyond deepinv, which
 is what a CPU reproduction of the paper's *relative* claims needs. Real anatomy remains available
-through :func:`fastmri_slices` (and :func:`lidc_idri_slices` for CT).
+through :func:`fastmri_slices` (and :func:`lidc_idri_slices` for CT) and, offline, through the
+``[realdata]`` extra (``pip install deepinv-deq[realdata]``: nilearn, nibabel, pydicom,
+pydicom-data):
+
+- :func:`mni_slices`: the MNI ICBM152 2009a symmetric T1 template shipped inside the nilearn wheel
+  (``nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz``, 1 mm, 197 x 233 x
+  189), read with nibabel, as MRI training, validation and test images (``mri_data="mni"`` of the
+  experiments). Equivariant imaging trains on measurements only, so training on real images needs
+  no ground truth. **Caveat**: one brain, whose neighbouring axial slices are strongly correlated;
+  the splits are slabs separated by gaps of several slices (:func:`gapped_splits`), which lowers
+  but does not remove the correlation between training and test images: results on it measure
+  in-subject generalisation, not generalisation to new subjects.
+  *Licence*: nilearn's description of the template (``nilearn/datasets/description/
+  icbm152_2009.rst``) gives its licence as "unknown" and cites Fonov et al., NeuroImage 2011 and
+  2009, and Collins et al. 1999; the distributor (McConnell Brain Imaging Centre, MNI, McGill
+  University, http://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009) releases the ICBM 2009
+  templates under a permissive notice (copyright Vladimir Fonov, Louis Collins and the MNI; use,
+  copy, modify and distribute freely provided the copyright notice appears in all copies, no
+  warranty). Cite those papers in any result that uses it. The file is read from the installed
+  nilearn package and never redistributed by this project.
+- :func:`real_ct_test_images`: real CT slices read offline through ``pydicom.data`` (a 512 x 512
+  head CT ``693_UNCR.dcm`` and the two frames of the 512 x 512 brain perfusion CT
+  ``eCT_Supplemental.dcm`` from the ``pydicom-data`` package, MIT licence; pydicom's own 128 x 128
+  ``CT_small.dcm``), as a real-CT *test* set for figures.
 
 Every dataset here returns bare image tensors ``x`` of shape ``(C, H, W)``, as
 :class:`deepinv.Trainer` expects with ``online_measurements=True``.
@@ -24,6 +48,7 @@ Every dataset here returns bare image tensors ``x`` of shape ``(C, H, W)``, as
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -35,6 +60,8 @@ from torch.utils.data import Dataset
 from ._validation import check_choice, check_int
 
 KINDS = ("ct", "mri")
+#: images of a task that has no data of its own: deblurring uses the 1-channel CT phantoms
+_IMAGES_OF = {"deblur": "ct"}
 
 
 @contextlib.contextmanager
@@ -233,8 +260,8 @@ def _check_folder(
     return root
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    # centre square crop, bilinear resize, scaling to [0, 1]
+def _resize(x: torch.Tensor, size: int, normalise: bool = True) -> torch.Tensor:
+    # centre square crop, bilinear resize, scaling to [0, 1] (or clamping, normalise=False)
     h, w = x.shape[-2:]
     m = min(h, w)
     top, left = (h - m) // 2, (w - m) // 2
@@ -242,6 +269,8 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     x = torch.nn.functional.interpolate(
         x[None], size=(size, size), mode="bilinear", antialias=True
     )[0]
+    if not normalise:
+        return x.clamp(0, 1)
     x = x - x.amin()
     return x / x.amax().clamp_min(1e-12)
 
@@ -426,7 +455,10 @@ def load_dataset(
     validation sets of ``counts = (n_train, n_test, n_val)`` images (default: ``n`` for the split
     asked for, none for the others), by patient (LIDC-IDRI) or volume (fastMRI).
 
-    :param str source: ``"phantoms"`` or a path.
+    Source ``"mni"`` (MRI only): the axial slices of the MNI ICBM152 T1 template, split by
+    :func:`mni_slices` into training, validation and test slabs separated by gaps.
+
+    :param str source: ``"phantoms"``, ``"mni"`` or a path.
     :param str kind: ``"ct"`` or ``"mri"``.
     :param int n: number of images.
     :param int size: image side.
@@ -435,13 +467,24 @@ def load_dataset(
     :param tuple counts: the sizes of all the splits of the experiment (folders only).
     :raises ValueError: if the folder holds fewer images (or patients/volumes) than the splits need.
     """
-    kind = check_choice("load_dataset", "kind", kind, KINDS)
+    kind = check_choice("load_dataset", "kind", _IMAGES_OF.get(kind, kind), KINDS)
     if split not in (0, 1, 2):
         raise ValueError(
             f"load_dataset: 'split' must be 0 (train), 1 (test) or 2 (val), got {split!r}."
         )
     if source == "phantoms":
         return SeededPhantomDataset(n, size=size, kind=kind, seed=seed, split=split)
+    if source == "mni":
+        if kind != "mri":
+            raise ValueError("load_dataset: source 'mni' holds MRI images only (kind='mri').")
+        if counts is None or counts[split] != n:
+            raise ValueError(
+                f"load_dataset: source 'mni' needs counts = (n_train, n_test, n_val) with "
+                f"counts[{split}] = n = {n}, got {counts!r}."
+            )
+        train, test, val = (tuple(counts) + (0, 0))[:3]
+        parts = mni_slices((train, val, test), size)
+        return parts[{0: 0, 2: 1, 1: 2}[split]]
     full = lidc_idri_slices(source, size) if kind == "ct" else fastmri_slices(source, size)
     if counts is None:
         counts = tuple(n if k == split else 0 for k in range(3))
@@ -452,3 +495,202 @@ def load_dataset(
     parts = split_indices(groups_of(full), (train, val, test))
     index = {0: parts[0], 2: parts[1], 1: parts[2]}[split]
     return torch.utils.data.Subset(full, index)
+
+
+# ------------------------------------------------------------------------------------------------
+# real data shipped inside Python packages (the [realdata] extra)
+
+#: the MNI ICBM152 2009a symmetric T1 template inside the nilearn wheel
+MNI_T1 = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+#: real CT slices read through ``pydicom.data.get_testdata_file``: (file, description)
+REAL_CT_FILES = (
+    ("693_UNCR.dcm", "head CT, 512 x 512 (pydicom-data)"),
+    ("eCT_Supplemental.dcm", "brain perfusion CT, 2 frames of 512 x 512 (pydicom-data)"),
+    ("CT_small.dcm", "CT, 128 x 128 (pydicom)"),
+)
+
+
+def _require(owner: str, *modules: str):
+    out = []
+    for module in modules:
+        try:
+            out.append(__import__(module))
+        except ImportError:
+            raise ImportError(
+                f"{owner}: needs '{module}', from the [realdata] extra "
+                f"(pip install 'deepinv-deq[realdata]')."
+            ) from None
+    return out
+
+
+def gapped_splits(n: int, counts: tuple[int, ...], gap: int, blocks: int = 1) -> list[list[int]]:
+    r"""Indices ``0..n-1`` of an ordered stack (e.g. the slices of a volume) split into disjoint
+    sets of sizes ``counts``, made of contiguous slabs with at least ``gap`` unused indices
+    between any two slabs of different sets.
+
+    Each set is cut into ``blocks`` slabs (sizes differing by at most one) and the slabs are laid
+    out in turn, set after set, ``blocks`` times (``blocks=1``: one slab per set, in the order of
+    ``counts``), centred in the stack. Interleaving (``blocks > 1``) spreads every set over the
+    whole volume, so that no set sees only one end of the anatomy.
+
+    :param int n: number of indices.
+    :param tuple counts: size of each set (a set of size 0 gets no slab and no gap).
+    :param int gap: unused indices between consecutive slabs.
+    :param int blocks: slabs per set.
+    :raises ValueError: if the sets and gaps need more than ``n`` indices.
+
+    |sep|
+
+    :Example:
+
+    >>> from deepinv_deq.data import gapped_splits
+    >>> gapped_splits(12, (4, 2, 2), gap=1)
+    [[1, 2, 3, 4], [6, 7], [9, 10]]
+    >>> gapped_splits(10, (4, 2), gap=1, blocks=2)
+    [[0, 1, 5, 6], [3, 8]]
+    """
+    n = check_int("gapped_splits", "n", n, 0)
+    gap = check_int("gapped_splits", "gap", gap, 0)
+    blocks = check_int("gapped_splits", "blocks", blocks, 1)
+    counts = [check_int("gapped_splits", "counts", int(c), 0) for c in counts]
+    slabs = []  # (set, size) in layout order
+    for b in range(blocks):
+        for k, c in enumerate(counts):
+            size = c // blocks + (1 if b < c % blocks else 0)
+            if size:
+                slabs.append((k, size))
+    used = sum(counts) + gap * max(0, len(slabs) - 1)
+    if used > n:
+        raise ValueError(
+            f"gapped_splits: sets of {counts} images with gaps of {gap} need {used} slices, but "
+            f"the stack holds only {n}; ask for fewer images or a smaller gap."
+        )
+    out = [[] for _ in counts]
+    start = (n - used) // 2
+    for k, size in slabs:
+        out[k] += list(range(start, start + size))
+        start += size + gap
+    return out
+
+
+def nonempty_slices(volume: torch.Tensor, threshold: float = 0.1, area: float = 0.02) -> list[int]:
+    r"""Indices of the axial slices ``volume[k]`` that hold anatomy: more than ``area`` of their
+    pixels above ``threshold`` times the volume's maximum.
+
+    :param torch.Tensor volume: ``(slices, H, W)``.
+    :param float threshold: intensity threshold, relative to the maximum.
+    :param float area: minimum fraction of pixels above the threshold.
+    """
+    above = (volume > threshold * volume.max()).float().flatten(1).mean(1)
+    return [int(k) for k in torch.nonzero(above > area).flatten()]
+
+
+@functools.lru_cache(maxsize=1)
+def mni_volume() -> torch.Tensor:
+    r"""The MNI ICBM152 T1 template from the installed nilearn package, as a ``float32`` tensor of
+    axial slices ``(189, 233, 197)`` (inferior to superior; anterior at the top of each slice) in
+    :math:`[0, 1]`.
+
+    Read once per process (cached; do not modify the returned tensor).
+
+    :raises ImportError: without nilearn or nibabel (the ``[realdata]`` extra).
+    :raises FileNotFoundError: if the nilearn package does not hold the template.
+    """
+    nilearn, nibabel = _require("mni_volume", "nilearn", "nibabel")
+    path = Path(nilearn.__file__).parent / MNI_T1
+    if not path.exists():
+        raise FileNotFoundError(f"mni_volume: the template is missing from nilearn: '{path}'.")
+    data = np.asarray(nibabel.load(str(path)).dataobj, dtype=np.float32)  # (x, y, z), RAS
+    volume = torch.from_numpy(data).permute(2, 1, 0).flip(1)  # (z, y, x), anterior up
+    return (volume / volume.max()).contiguous()
+
+
+def mni_slices(
+    counts: tuple[int, ...], size: int = 64, gap: int = 5, blocks: int = 2
+) -> list[Dataset]:
+    r"""Disjoint sets of axial slices of the MNI ICBM152 T1 template (:func:`mni_volume`), as
+    2-channel (real, imaginary = 0) MRI images of side ``size`` in :math:`[0, 1]`.
+
+    Only the slices that hold anatomy (:func:`nonempty_slices`) are used; they are split by
+    :func:`gapped_splits` into slabs with ``gap`` slices between them. Neighbouring slices are
+    correlated (1 mm apart): the gaps lower, but do not remove, the correlation between the sets.
+
+    :param tuple counts: images of each set, e.g. ``(n_train, n_val, n_test)``.
+    :param int size: image side (centre square crop, antialiased bilinear resize).
+    :param int gap: slices left out between slabs of different sets.
+    :param int blocks: slabs per set (interleaved along the volume).
+    :return: one dataset per entry of ``counts``.
+    """
+    size = check_int("mni_slices", "size", size, 8)
+    volume = mni_volume()
+    keep = nonempty_slices(volume)
+    parts = gapped_splits(len(keep), counts, gap, blocks)
+    return [_SliceStack(volume, [keep[i] for i in part], size) for part in parts]
+
+
+class _SliceStack(Dataset):
+    # slices of a volume as 2-channel images, resized on first access
+    def __init__(self, volume: torch.Tensor, index: list[int], size: int):
+        self.images = [
+            torch.cat([x := _resize(volume[k][None], size), torch.zeros_like(x)]) for k in index
+        ]
+        self.slices = list(index)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index]
+
+
+def hounsfield_to_attenuation(hu: torch.Tensor) -> torch.Tensor:
+    r"""Attenuation-like image in :math:`[0, 1]` from Hounsfield units:
+    :math:`\mathrm{clip}\big((\mathrm{HU} + 1000) / 2000, 0, 1\big)`, i.e. the linear attenuation
+    relative to water, :math:`\mu/\mu_{\text{water}} = 1 + \mathrm{HU}/1000`, halved (air 0,
+    water 0.5, dense bone 1).
+
+    :param torch.Tensor hu: image in Hounsfield units.
+    """
+    return ((hu + 1000.0) / 2000.0).clamp(0, 1)
+
+
+def _dicom_hu(ds) -> np.ndarray:
+    # stored values -> Hounsfield units (classic header, or an enhanced CT's shared groups)
+    pixels = ds.pixel_array.astype(np.float64)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is None and "SharedFunctionalGroupsSequence" in ds:
+        group = ds.SharedFunctionalGroupsSequence[0]
+        if "PixelValueTransformationSequence" in group:
+            t = group.PixelValueTransformationSequence[0]
+            slope, intercept = t.RescaleSlope, t.RescaleIntercept
+    if slope is None:
+        raise ValueError("real_ct_test_images: a DICOM file has no rescale slope/intercept.")
+    return pixels * float(slope) + float(intercept)
+
+
+def real_ct_test_images(size: int = 64) -> torch.Tensor:
+    r"""Real CT slices as a test batch ``(4, 1, size, size)``: the files of :data:`REAL_CT_FILES`
+    (one head CT, the two frames of a brain CT, pydicom's small CT), read offline through
+    ``pydicom.data.get_testdata_file``, converted to attenuation-like images
+    (:func:`hounsfield_to_attenuation`), centre-cropped and resized to ``size``.
+
+    For figures and a real-anatomy test of models trained on phantoms (4 images; no ground truth
+    is needed to train with EI, but none of these serves for training here).
+
+    :param int size: image side.
+    :raises ImportError: without pydicom and pydicom-data (the ``[realdata]`` extra).
+    """
+    size = check_int("real_ct_test_images", "size", size, 8)
+    (pydicom,) = _require("real_ct_test_images", "pydicom")
+    _require("real_ct_test_images", "data_store")  # the pydicom-data package
+    from pydicom.data import get_testdata_file
+
+    images = []
+    for name, _ in REAL_CT_FILES:
+        path = get_testdata_file(name, download=False)
+        if path is None:
+            raise FileNotFoundError(f"real_ct_test_images: pydicom cannot find '{name}' offline.")
+        hu = torch.from_numpy(_dicom_hu(pydicom.dcmread(path)))
+        for frame in hu.reshape(-1, *hu.shape[-2:]):
+            images.append(_resize(hounsfield_to_attenuation(frame)[None], size, normalise=False))
+    return torch.stack(images)

@@ -165,3 +165,51 @@ def test_lidc_errors(tmp_path):
     else:  # an empty listing is a malformed folder
         with pytest.raises(FileNotFoundError, match="no .dcm"):
             lidc_idri_slices(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# code paths of the real-data loaders that need no file
+
+
+def test_gapped_splits_leave_gaps_between_sets():
+    from deepinv_deq.data import gapped_splits
+
+    for blocks in (1, 2, 3):
+        parts = gapped_splits(80, (20, 5, 9), gap=4, blocks=blocks)
+        assert [len(p) for p in parts] == [20, 5, 9]
+        for a in range(3):
+            for b in range(a + 1, 3):
+                assert min(abs(i - j) for i in parts[a] for j in parts[b]) > 4
+    assert gapped_splits(12, (4, 2, 2), gap=1) == [[1, 2, 3, 4], [6, 7], [9, 10]]
+    assert gapped_splits(6, (3, 0, 3), gap=0) == [[0, 1, 2], [], [3, 4, 5]]
+    with pytest.raises(ValueError, match="need 35 slices"):
+        gapped_splits(34, (20, 5, 6), gap=2)
+
+
+def test_nonempty_slices_of_a_synthetic_volume():
+    from deepinv_deq.data import nonempty_slices
+
+    volume = torch.zeros(10, 16, 16)
+    volume[3:7, 4:12, 4:12] = 1.0
+    volume[8, 0, 0] = 1.0  # one bright pixel is not anatomy
+    assert nonempty_slices(volume) == [3, 4, 5, 6]
+
+
+def test_hounsfield_to_attenuation():
+    from deepinv_deq.data import hounsfield_to_attenuation
+
+    hu = torch.tensor([-3000.0, -1000.0, 0.0, 1000.0, 3000.0])
+    assert torch.allclose(hounsfield_to_attenuation(hu), torch.tensor([0, 0, 0.5, 1, 1.0]))
+
+
+def test_mni_needs_counts_and_mri():
+    with pytest.raises(ValueError, match="MRI"):
+        load_dataset("mni", "ct", 4, 16, counts=(4, 2, 2))
+    with pytest.raises(ValueError, match="counts"):
+        load_dataset("mni", "mri", 4, 16)
+
+
+def test_deblur_uses_the_ct_phantoms():
+    a = load_dataset("phantoms", "deblur", 2, 16)
+    b = load_dataset("phantoms", "ct", 2, 16)
+    assert torch.equal(a[1], b[1])

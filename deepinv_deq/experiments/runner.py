@@ -209,7 +209,7 @@ def held_out_measurements(task: str, cfg: ExperimentConfig, split: str = "test")
     """
     index, n = {"test": (1, cfg.n_test), "val": (2, cfg.n_val)}[split]
     data = load_dataset(
-        cfg.data, task, n, cfg.size_of(task), cfg.seed, split=index, counts=_counts(cfg)
+        cfg.data_of(task), task, n, cfg.size_of(task), cfg.seed, split=index, counts=_counts(cfg)
     )
     noisy = build_physics(task, cfg, rng=_generator(cfg, task, f"{split}-noise"))
     batches = []
@@ -370,7 +370,7 @@ def _run_seed(task, method, regime, cfg, out, seed, physics, val, test, progress
         train_physics = build_physics(task, cfg, rng=noise)
         losses = build_losses(regime, cfg, rng=transforms)
         data = load_dataset(
-            cfg.data, task, cfg.n_train, cfg.size_of(task), cfg.seed, split=0, counts=_counts(cfg)
+            cfg.data_of(task), task, cfg.n_train, cfg.size_of(task), cfg.seed, 0, _counts(cfg)
         )
         log(f"{label}: training {cfg.epochs} epochs on {cfg.n_train} images (seed {seed})")
         history = train(
@@ -397,6 +397,7 @@ def _run_seed(task, method, regime, cfg, out, seed, physics, val, test, progress
     if history is not None:
         result["epochs"] = history["epochs_done"]
         result["val_change_last20"] = flattened(history)
+        result["plateau"] = history.get("plateau")
     if method in SOLVED:
         result["counts"] = counter.counts
         for phase in ("train", "test"):

@@ -189,7 +189,8 @@ def train(
     :param ExperimentConfig cfg: settings (batch size, learning rate, validation interval).
     :param str folder: where checkpoints and the history go.
     :param int seed: seed of the batch order.
-    :param int epochs: training epochs.
+    :param int epochs: training epochs (with ``cfg.budget == "plateau"``: the first stage of
+        :func:`deepinv_deq.experiments.plateau.train_to_plateau`, which then extends the run).
     :param dict generators: further random generators by name, saved and restored with the
         checkpoints besides those of :func:`random_generators` (noise, transformations).
     :param list val_batches: precomputed ``(x, y)`` validation batches (training curve).
@@ -201,6 +202,14 @@ def train(
     :return: the history: ``step``, ``loss`` (mean training loss since the previous validation),
         ``val_step``, ``val_psnr``, ``train_s`` (training time summed over resumes), ``steps``.
     """
+    if getattr(cfg, "budget", "fixed") == "plateau":  # epochs until the validation PSNR plateaus
+        from .plateau import train_to_plateau
+
+        options = dict(generators=generators, val_batches=val_batches, to_image=to_image)
+        options.update(counter=counter, label=label, progress=progress, log=log)
+        return train_to_plateau(
+            train, model, physics, losses, dataset, cfg, folder, seed, **options
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     generators = {**random_generators(physics, losses), **dict(generators or {})}
