@@ -14,6 +14,8 @@ from ._autodiff import expand_as_batch
 from ._report import POLICIES, HookRegistry, enforce
 from ._validation import (
     check_choice,
+    check_float,
+    check_int,
     check_deq_arguments,
     check_measurements,
     default,
@@ -28,6 +30,8 @@ from .backward import BACKWARDS, BackwardStrategy, ImplicitDifferentiation
 from .maps import build_map
 from .solvers import FORWARD_SOLVERS, FixedPointSolver, SolverStats
 from .solvers.base import default_tol
+from .splitting import SplittingMap
+from .state import StatePacker, is_multi_state
 
 INITS = ("adjoint", "pseudo_inverse")
 # ImplicitBackward's names of the phantom options, accepted in backward_options
@@ -102,9 +106,13 @@ class DEQ(Reconstructor):
     :param torch.nn.Module denoiser: the denoiser :math:`D_\theta`, called ``denoiser(x, sigma)``
         (e.g. :class:`deepinv_deq.ContractiveDenoiser`). Required for the built-in iterations.
     :param str, Callable iteration: ``"PGD"``, ``"HQS"``, ``"RED"`` (see :mod:`deepinv_deq.maps`),
+        the splitting iterations ``"ADMM"``, ``"DRS"``, ``"PDCP"`` (:mod:`deepinv_deq.splitting`;
+        their state has several variables, the reconstruction is the primal one), a map instance,
         or a callable ``F(x, y, physics) -> x`` (then ``denoiser``, ``stepsize``,
         ``sigma_denoiser``, ``data_fidelity``, ``lambda_reg`` and ``trainable_params`` must be left
-        unset). Default: ``"PGD"``.
+        unset). A callable may iterate a multi-variable state: when ``init`` gives a tuple (or
+        a deepinv ``TensorList``) of tensors, ``F`` receives and returns such tuples and the
+        reconstruction is their first element. Default: ``"PGD"``.
     :param float stepsize: step size :math:`\eta`. Default: ``1.0``.
     :param float sigma_denoiser: denoiser noise level :math:`\sigma`. Default: ``0.05``.
     :param deepinv.optim.DataFidelity data_fidelity: the data fidelity. Default:
@@ -133,6 +141,9 @@ class DEQ(Reconstructor):
         ``init(y, physics)``. Default: ``"adjoint"``.
     :param str on_failure: ``"warn"``, ``"jfb"`` or ``"raise"``, see above. Default: ``"warn"``
         (with a backward instance: the instance's policy).
+    :param int eval_max_iter: forward budget in evaluation mode (after ``model.eval()``), e.g. a
+        larger one to evaluate than to train. Default: ``None``, meaning ``max_iter``.
+    :param float eval_tol: forward tolerance in evaluation mode. Default: ``None``, meaning ``tol``.
     :param dict solver_options: further options of the forward solver (e.g. ``history_size``).
     :param dict backward_options: further options of the backward strategy (e.g.
         ``phantom_steps``, or ``history_size`` of its linear solver).
@@ -188,6 +199,8 @@ class DEQ(Reconstructor):
         on_failure: str = default("warn"),
         solver_options: dict | None = None,
         backward_options: dict | None = None,
+        eval_max_iter: int | None = None,
+        eval_tol: float | None = None,
         device=None,
         **unknown,
     ):
@@ -216,6 +229,10 @@ class DEQ(Reconstructor):
             backward, linear, dict(backward_options or {}), on_failure
         )
         self.init = init if callable(init) else check_choice("DEQ", "init", init, INITS)
+        self.eval_max_iter = (
+            None if eval_max_iter is None else check_int("DEQ", "eval_max_iter", eval_max_iter, 1)
+        )
+        self.eval_tol = None if eval_tol is None else check_float("DEQ", "eval_tol", eval_tol, 0.0)
         self.forward_stats: SolverStats | None = None
         self._backward_stats: SolverStats | None = None
         self._hooks = HookRegistry()
@@ -319,26 +336,53 @@ class DEQ(Reconstructor):
             ),
             None,
         )
-        check_measurements("DEQ", y, init, ref)
+        check_measurements("DEQ", y, None if is_multi_state(init) else init, ref)
         x0 = self._initial_iterate(y, physics, init)
-        psnr, callback = self._metrics_recorder(x_gt) if compute_metrics else (None, None)
-        fmap = lambda x: self.map(x, y, physics)
+        packer, x0 = self._packed_state(x0, y, physics)
+        psnr, callback = self._metrics_recorder(x_gt, packer) if compute_metrics else (None, None)
+        if packer is None:
+            fmap = lambda x: self.map(x, y, physics)
+        else:  # a multi-variable state, iterated packed into one tensor
+            fmap = lambda s: packer.pack(self.map(packer.unpack(s), y, physics))
         tol = default_tol(self.solver.tol, x0) if self._auto_tol else None
-        result = self.solver(_explained(fmap, y, physics, init), x0, callback=callback, tol=tol)
+        max_iter = None
+        if not self.training:
+            tol = self.eval_tol if self.eval_tol is not None else tol
+            max_iter = self.eval_max_iter
+        result = self.solver(
+            _explained(fmap, y, physics, init), x0, callback=callback, tol=tol, max_iter=max_iter
+        )
         failed = self._report(result.stats)
         x = self._differentiate(fmap, result, physics, failed)
+        if packer is not None:
+            x = packer.unpack(x)[0]  # the reconstruction is the primal variable
         return (x, self._metrics(result.stats, psnr)) if compute_metrics else x
 
-    def _initial_iterate(self, y, physics, init: Tensor | None) -> Tensor:
+    def _packed_state(self, x0, y, physics):
+        # (packer, start): the start packed into one tensor when the state has several variables
+        # (a splitting map, or a callable iteration whose init gives a tuple/TensorList)
+        if isinstance(self.map, SplittingMap) and not is_multi_state(x0):
+            x0 = self.map.init_state(x0, y, physics)
+        if not is_multi_state(x0):
+            return None, x0
+        packer = StatePacker(x0)
+        return packer, packer.pack(x0)
+
+    def _initial_iterate(self, y, physics, init):
         if init is not None:
+            if is_multi_state(init):
+                return tuple(t.detach() for t in getattr(init, "x", init))
             return init.detach()
         with torch.no_grad():
             try:
-                return self.initial_iterate(y, physics).detach()
+                start = self.initial_iterate(y, physics)
             except RuntimeError as e:
                 if is_out_of_memory(e):
                     raise
                 raise measurement_error("DEQ", y, e) from e
+        if is_multi_state(start):
+            return tuple(t.detach() for t in getattr(start, "x", start))
+        return start.detach()
 
     def _report(self, stats: SolverStats) -> Tensor | None:
         # statistics to the hooks, then the failure policy; returns the samples to fall back to JFB
@@ -362,7 +406,7 @@ class DEQ(Reconstructor):
         return torch.where(expand_as_batch(never, z), result.fx.to(z.dtype), z)
 
     @staticmethod
-    def _metrics_recorder(x_gt: Tensor | None):
+    def _metrics_recorder(x_gt: Tensor | None, packer=None):
         # PSNR of every iterate is kept on the device and read once after the solve; the residuals
         # come from the solver's own trace (see _metrics)
         from deepinv.loss.metric import PSNR
@@ -372,7 +416,8 @@ class DEQ(Reconstructor):
 
         def callback(k, x, fx):
             if x_gt is not None:
-                values.append(psnr(fx, x_gt).detach())
+                image = fx if packer is None else packer.unpack(fx)[0]
+                values.append(psnr(image, x_gt).detach())
 
         return values, callback
 

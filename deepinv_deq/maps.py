@@ -366,17 +366,20 @@ ITERATIONS = {"PGD": PGDMap, "HQS": HQSMap, "RED": REDMap}
 def build_map(iteration, **kwargs) -> torch.nn.Module:
     r"""Build a fixed-point map from an iteration name or a callable.
 
-    :param str, Callable iteration: ``"PGD"``, ``"HQS"``, ``"RED"``, a :class:`FixedPointMap`
-        instance, or a callable ``F(x, y, physics)``.
+    :param str, Callable iteration: ``"PGD"``, ``"HQS"``, ``"RED"``, ``"ADMM"``, ``"DRS"``,
+        ``"PDCP"``, a :class:`FixedPointMap` instance, or a callable ``F(x, y, physics)``.
     :param kwargs: constructor arguments of the map (``denoiser``, ``stepsize``, ...).
     """
     if isinstance(iteration, str):
+        from .splitting import SPLITTINGS
+
+        iterations = {**ITERATIONS, **SPLITTINGS}
         name = iteration.upper()
-        if name not in ITERATIONS:
+        if name not in iterations:
             raise ValueError(
-                f"DEQ: 'iteration' must be one of {list(ITERATIONS)} or a callable, got {iteration!r}."
+                f"DEQ: 'iteration' must be one of {list(iterations)} or a callable, got {iteration!r}."
             )
-        return ITERATIONS[name](**{k: v for k, v in kwargs.items() if v is not None})
+        return iterations[name](**{k: v for k, v in kwargs.items() if v is not None})
     if callable(iteration):
         given = sorted(k for k, v in kwargs.items() if v is not None and v != ())
         if given:

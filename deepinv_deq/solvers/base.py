@@ -288,6 +288,7 @@ class FixedPointSolver(torch.nn.Module):
         callback: Callable[[int, Tensor, Tensor], None] | None = None,
         tol: float | None = None,
         scale: Tensor | None = None,
+        max_iter: int | None = None,
     ) -> SolverResult:
         r"""Solve :math:`x = f(x)` from ``x0``.
 
@@ -297,9 +298,11 @@ class FixedPointSolver(torch.nn.Module):
         :param float tol: relative tolerance of this solve. Default: the solver's ``tol``.
         :param torch.Tensor scale: per-sample norms, shape ``(B,)``, that the residual is relative
             to, instead of :math:`\|x_k\|` (a linear solve passes :math:`\|b\|`). Default: none.
+        :param int max_iter: budget of this solve. Default: the solver's ``max_iter``.
         :return: (:class:`SolverResult`) best iterate, its image and statistics.
         """
         tol = self.tol if tol is None else tol
+        budget = self.max_iter if max_iter is None else max_iter
         if x0.ndim == 0:
             raise ValueError(
                 f"{type(self).__name__}: x0 must have a batch dimension, got a scalar."
@@ -326,7 +329,7 @@ class FixedPointSolver(torch.nn.Module):
         diverged = torch.zeros_like(converged)
         trace = []
         nfe = 0
-        for k in range(self.max_iter):
+        for k in range(budget):
             fx = f(x)
             nfe += 1
             if fx.shape != x.shape:
@@ -366,7 +369,7 @@ class FixedPointSolver(torch.nn.Module):
                 if callback is not None:
                     callback(k, x, fx)
                 done = converged | nonfinite | diverged
-                if k == self.max_iter - 1 or bool(done.all()):
+                if k == budget - 1 or bool(done.all()):
                     break
                 x_next = self._next(state, k, x, fx)
                 frozen = nonfinite | diverged
