@@ -42,8 +42,16 @@ class SplittingMap(FixedPointMap):
     #: names of the variables of the state, the primal one first
     variables: tuple[str, ...] = ("x", "z")
 
-    def __init__(self, denoiser, data_fidelity=None, stepsize=1.0, sigma_denoiser=0.05,
-                 lambda_reg=None, trainable_params=(), beta: float = 1.0):
+    def __init__(
+        self,
+        denoiser,
+        data_fidelity=None,
+        stepsize=1.0,
+        sigma_denoiser=0.05,
+        lambda_reg=None,
+        trainable_params=(),
+        beta: float = 1.0,
+    ):
         super().__init__(
             denoiser,
             data_fidelity=data_fidelity,
@@ -196,13 +204,23 @@ class PDCPMap(SplittingMap):
 
     variables = ("x", "z", "u")
 
-    def __init__(self, denoiser, data_fidelity=None, stepsize=1.0, sigma_denoiser=0.05,
-                 lambda_reg=None, trainable_params=(), beta: float = 1.0,
-                 stepsize_dual: float = 1.0):
-        super().__init__(denoiser, data_fidelity, stepsize, sigma_denoiser, lambda_reg,
-                         trainable_params, beta)
-        self.stepsize_dual = check_float("PDCPMap", "stepsize_dual", stepsize_dual, 0.0,
-                                         strict_min=True)
+    def __init__(
+        self,
+        denoiser,
+        data_fidelity=None,
+        stepsize=1.0,
+        sigma_denoiser=0.05,
+        lambda_reg=None,
+        trainable_params=(),
+        beta: float = 1.0,
+        stepsize_dual: float = 1.0,
+    ):
+        super().__init__(
+            denoiser, data_fidelity, stepsize, sigma_denoiser, lambda_reg, trainable_params, beta
+        )
+        self.stepsize_dual = check_float(
+            "PDCPMap", "stepsize_dual", stepsize_dual, 0.0, strict_min=True
+        )
 
     def init_state(self, x0, y, physics):
         return (x0, x0.clone(), torch.zeros_like(x0))

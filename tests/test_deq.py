@@ -111,7 +111,7 @@ def test_callable_iteration_and_trainable_params():
     "kwargs, match",
     [
         ({"max_iters": 3}, "did you mean 'max_iter'"),
-        ({"iteration": "ADMM"}, "iteration"),
+        ({"iteration": "FISTA"}, "iteration"),
         ({"solver": "gmres"}, "solver"),  # a linear solver, not a forward solver
         ({"backward": "exact"}, "backward"),
         ({"backward": "jfb", "backward_tol": -1e-3}, "tol"),  # validated even where unused

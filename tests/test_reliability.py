@@ -402,7 +402,7 @@ def test_unknown_choice_is_named():
     with pytest.raises(ValueError, match="mode"):
         ImplicitBackward(mode="neumann")
     with pytest.raises(ValueError, match="iteration"):
-        make_deq(iteration="ADMM")
+        make_deq(iteration="FISTA")
 
 
 def test_valid_input_still_works_after_errors(problem):

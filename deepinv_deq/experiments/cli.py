@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from . import configs
-from .configs import FIXED, METHODS, PRESETS, REGIMES, TASKS, ExperimentConfig
+from .configs import DEQ_ITERATIONS, FIXED, METHODS, PRESETS, REGIMES, TASKS, ExperimentConfig
 
 DEFAULT_OUT = "deepinv_deq_results"
 #: (method, regime) pairs of ``deepinv-deq demo`` on CT (defined with the presets).
@@ -53,7 +53,7 @@ DEFAULT_SIZE = {
 #: settings that have their own option (not generated from :class:`ExperimentConfig`).
 _OWN_OPTIONS = ("data", "seed", "device")
 #: choices of the settings that have a fixed set of values.
-_CHOICES = {"transform": ("rotate", "shift")}
+_CHOICES = {"transform": ("rotate", "shift"), "iteration": DEQ_ITERATIONS}
 #: what ``eval`` accepts: it re-evaluates trained runs with their stored settings.
 EVAL_OPTIONS = ("--out", "--device", "--n-test", "--threads", "--quiet", "--verbose", "-q", "-v")
 

@@ -36,6 +36,8 @@ METHODS = {
     "pinv": "pseudo-inverse (FBP / zero-filled)",
 }
 REGIMES = ("sup", "ei", "mc")
+#: iterations of the DEQ methods (``--iteration``)
+DEQ_ITERATIONS = ("PGD", "HQS", "ADMM", "DRS", "PDCP")
 #: methods trained end to end on the task, in each regime.
 TRAINED = ("deq", "deq-jfb", "unrolled", "unet")
 #: methods whose denoiser is trained on clean images as a Gaussian denoiser, or not trained at all.
@@ -221,6 +223,9 @@ class ExperimentConfig:
     :param float center_fraction: fraction of fully sampled central k-space lines (MRI).
     :param float mri_noise: Gaussian noise standard deviation for MRI (0.01-0.05).
     :param str transform: EI transformation group, ``"rotate"`` or ``"shift"``.
+    :param str iteration: the DEQ's iteration (methods ``deq``, ``deq-jfb``, ``deq-init``):
+        ``"PGD"``, ``"HQS"``, ``"ADMM"``, ``"DRS"`` or ``"PDCP"``; PnP, RED and unrolling keep
+        their own (PGD, RED, PGD). Default: ``"PGD"``.
     :param float ei_weight: weight :math:`\alpha` of the EI term.
     :param int denoiser_epochs: epochs of Gaussian-denoiser training for PnP/RED.
     :param float red_lambda: RED regularisation weight :math:`\lambda` (default of the grid).
@@ -270,6 +275,7 @@ class ExperimentConfig:
     center_fraction: float = 0.08
     mri_noise: float = 0.02
     transform: str = "rotate"
+    iteration: str = "PGD"
     ei_weight: float = 1.0
     denoiser_epochs: int = 20
     red_lambda: float = 1.0
@@ -336,6 +342,7 @@ class ExperimentConfig:
                 f"{o}: 'equivariance' must be True or False, got {self.equivariance!r}."
             )
         self.transform = check_choice(o, "transform", self.transform, ("rotate", "shift"))
+        self.iteration = check_choice(o, "iteration", self.iteration, DEQ_ITERATIONS).upper()
         self.lr_schedule = check_choice(o, "lr_schedule", self.lr_schedule, ("cosine", "constant"))
         if not isinstance(self.data, str) or not self.data:
             raise ValueError(f"{o}: 'data' must be 'phantoms' or a folder, got {self.data!r}.")

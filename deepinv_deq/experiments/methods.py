@@ -200,7 +200,7 @@ def build_model(
         lam = settings.get("lambda_reg", cfg.red_lambda)
         kwargs = dict(
             denoiser=denoiser,
-            iteration="RED" if method == "red" else "PGD",
+            iteration={"red": "RED", "pnp": "PGD", "pnp-tv": "PGD"}.get(method, cfg.iteration),
             stepsize=settings.get(
                 "stepsize", cfg.stepsize / (1 + lam) if method == "red" else cfg.stepsize
             ),
