@@ -8,6 +8,7 @@ ORDER = [
     "demo_equivariance_diagnostics.py",
     "demo_implicit_vs_jfb.py",
     "demo_custom_map.py",
+    "demo_splitting_deq.py",
 ]
 
 
