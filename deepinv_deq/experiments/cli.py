@@ -475,10 +475,22 @@ def _config(args, error) -> ExperimentConfig:
         error(_option_message(e))
 
 
+def one_line_warnings() -> None:
+    r"""Print warnings as one line, ``Category: message``, without the source path and line that
+    Python's default format adds (a path inside site-packages or multiprocessing tells a user of
+    the command line nothing)."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *args, **kwargs: (
+        f"{category.__name__}: {message}\n"
+    )
+
+
 def _setup_machine(args, error) -> None:
     """Apply ``--threads`` and ``--jobs`` (their defaults depend on the device); check ``--device``."""
     import torch
 
+    one_line_warnings()
     cpu = not args.device.startswith("cuda")
     if args.threads is None and cpu:
         args.threads = 1

@@ -487,7 +487,11 @@ def _seed_job(args: tuple, log=None):
 
 
 def _worker_init(threads: int) -> None:
+    import warnings
+
     torch.set_num_threads(threads)
+    # one line per warning, as the command line prints them (cli.one_line_warnings)
+    warnings.formatwarning = lambda message, category, *a, **k: f"{category.__name__}: {message}\n"
 
 
 def train_in_parallel(runs, cfg: ExperimentConfig, out, jobs: int, progress=False, log=print):
@@ -613,9 +617,14 @@ def run(
             f"({result['fwd_iters']:.1f} it), bwd "
             + ("-" if bwd is None else f"{100 * bwd:.1f}% ({result['bwd_iters']:.1f} it)")
         )
+    spread = (
+        f"+- {result['psnr_std']:.2f} dB over {len(seeds)} seeds"
+        if len(seeds) > 1
+        else f"(std {result['psnr_std']:.2f} dB over the test images, 1 seed)"
+    )
     log(
-        f"{label}: PSNR {result['psnr_mean']:.2f} +- {result['psnr_std']:.2f} dB over "
-        f"{len(seeds)} seed(s){conv} (train {result['train_s']:.0f} s CPU)"
+        f"{label}: PSNR {result['psnr_mean']:.2f} {spread}{conv} "
+        f"(train {result['train_s']:.0f} s CPU)"
     )
     return result
 

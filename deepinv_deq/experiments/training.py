@@ -245,6 +245,8 @@ def train(
     window = []
     if last.exists():
         state = _load_checkpoint(last)
+        done = state["history"]["epochs_done"]
+        log(f"{label}: resuming from its checkpoint after epoch {done} of {epochs}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
