@@ -141,17 +141,26 @@ def training_curves(results: list[dict], out, task: str, path) -> Path | None:
 
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4))
+    trained = rows([r for r in results if r["task"] == task])
+    # distinct colour and line-style pairs for up to 40 runs (the default cycle repeats after 10)
+    colours = plt.get_cmap("tab10").colors
     drawn = 0
-    for r in rows([r for r in results if r["task"] == task]):
+    for r in trained:
         hist = _histories(out, task, r["method"], r["regime"])
         if not hist or not hist[0]["val_step"]:
             continue
         name = label(r["method"], r["regime"], task)
+        style = dict(
+            color=colours[drawn % len(colours)],
+            ls=("-", "--", ":", "-.")[(drawn // len(colours)) % 4],
+            lw=1.8,
+            marker="o" if len(hist[0]["val_step"]) < 3 else None,  # a curve of one point shows
+        )
         for ax, xs, ys in ((left, "val_step", "val_psnr"), (right, "loss_step", "loss")):
             k = min(len(h[ys]) for h in hist)
             steps = hist[0][xs][:k]
             values = torch.tensor([h[ys][:k] for h in hist], dtype=torch.float64)
-            (line,) = ax.plot(steps, values.mean(0).tolist(), label=name, lw=1.8)
+            (line,) = ax.plot(steps, values.mean(0).tolist(), label=name, **style)
             if len(hist) > 1:
                 ax.fill_between(
                     steps,
