@@ -247,3 +247,33 @@ def test_command_line_trains_a_splitting_deq(tmp_path):
     result = json.loads((tmp_path / "ct" / "deq-ei" / "result.json").read_text())
     config = json.loads((tmp_path / "ct" / "deq-ei" / "config.json").read_text())
     assert config["iteration"] == "DRS" and result["fwd_converged"] == 1.0
+
+
+@pytest.mark.parametrize("adapter", ["DEQEILoss", "DEQMOEILoss", "DEQSureGaussianLoss"])
+def test_every_loss_adapter_with_a_splitting_deq(adapter):
+    # the adapters' warm starts pass a primal image as `init`: the splitting map builds its state
+    import deepinv_deq
+
+    torch.manual_seed(0)
+    noise = dinv.physics.GaussianNoise(0.01)
+    physics = dinv.physics.Inpainting(img_size=(1, SIZE, SIZE), mask=0.6, noise_model=noise)
+    x = torch.rand(2, 1, SIZE, SIZE)
+    y = physics(x)
+    model = DEQ(denoiser=ContractiveDenoiser(), iteration="DRS", tol=1e-6, max_iter=300)
+    if adapter == "DEQSureGaussianLoss":
+        loss = deepinv_deq.DEQSureGaussianLoss(sigma=0.01, warm_start=True)
+    elif adapter == "DEQMOEILoss":
+        other = dinv.physics.Inpainting(img_size=(1, SIZE, SIZE), mask=0.5)
+        loss = deepinv_deq.DEQMOEILoss(
+            transform=dinv.transform.Rotate(), physics=[physics, other], warm_start=True
+        )
+    else:
+        loss = deepinv_deq.DEQEILoss(transform=dinv.transform.Rotate(), warm_start=True)
+    model = loss.adapt_model(model)
+    solves = []
+    model.register_stats_hook(lambda kind, stats: solves.append(stats.all_converged))
+    x_net = model(y, physics)
+    value = loss(x_net=x_net, y=y, physics=physics, model=model).mean()
+    value.backward()
+    assert torch.isfinite(value) and len(solves) >= 3 and all(solves)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
