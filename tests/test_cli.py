@@ -62,6 +62,8 @@ def test_train_table_eval(tmp_path, capsys):
         ["train", "--task", "mri", "--method", "unrolled", "--regime", "mc", *args], capsys
     )
     assert status == 0 and (tmp_path / "mri" / "unrolled-mc" / "result.json").exists()
+    # each train writes its own table: a second run into the same folder does not overwrite it
+    assert (tmp_path / "results_train_mri_unrolled_mc.md").exists()
     status, out = _main(
         ["table", "--tasks", "mri", "--methods", "unrolled,pinv", "--regimes", "mc", *args], capsys
     )

@@ -675,6 +675,9 @@ def main(argv=None) -> int:
         except RunSettingsError as e:
             sub.error(_option_message(e))
         name = {"demo": "demo", "train": "results_train", "table": "results"}[args.command]
+        if args.command == "train":  # one table per run: several trains share an output folder
+            task, method, regime = runs[0]
+            name = f"results_train_{task}_{method}" + ("" if regime == "none" else f"_{regime}")
         _report(results, cfg, out, name, log, say, figures=args.command != "train")
         log(f"total time {time.perf_counter() - t0:.0f} s")
         return 0
