@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # import the checkout even without `pip install -e .`
 
 import deepinv_deq  # noqa: E402
+import torch  # noqa: E402
+
+# The gallery runs in this process: one torch thread, as the command line does. Torch's default
+# (one thread per core) made the build 12x slower when another process kept a core busy (issue 20).
+torch.set_num_threads(1)
 
 # -- project --------------------------------------------------------------------------------------
 project = "deepinv-deq"
