@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ._autodiff import batch_norm, expand_as_batch
 from ._report import POLICIES, HookRegistry, enforce
-from ._validation import check_choice, check_float, check_int, default, is_given
+from ._validation import check_budget, check_choice, check_float, check_int, default, is_given
 from .preconditioners import FourierPreconditioner
 from .solvers import (
     LINEAR_SOLVERS,
@@ -327,7 +327,8 @@ class ImplicitDifferentiation(BackwardStrategy):
         # a default tolerance is fitted to the precision of the map (default_tol)
         self._auto_tol = not is_given(tol) and not isinstance(solver, (FixedPointSolver, GMRES))
         if not isinstance(solver, (FixedPointSolver, GMRES)):
-            solver_options = {"max_iter": int(max_iter), "tol": float(tol), **solver_options}
+            max_iter, tol = check_budget(owner, max_iter, tol)  # 2.5 is refused, not truncated
+            solver_options = {"max_iter": max_iter, "tol": tol, **solver_options}
         self.solver = get_solver(solver, owner=owner, allowed=LINEAR_SOLVERS, **solver_options)
         self.last_stats = None
         self.n_solves = 0

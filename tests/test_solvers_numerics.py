@@ -151,3 +151,10 @@ def test_integral_options_of_any_integer_type():
         AndersonAcceleration(max_iter=True)
     with pytest.raises(ValueError, match="max_iter"):
         AndersonAcceleration(max_iter=np.float64(5.0))
+
+
+def test_fractional_budgets_are_refused_not_truncated():
+    with pytest.raises(ValueError, match="max_iter"):
+        ImplicitDifferentiation(max_iter=2.5)
+    with pytest.raises(ValueError, match="backward_max_iter|max_iter"):
+        DEQ(iteration=lambda x, y, p: 0.5 * x + y, backward_max_iter=2.5)
