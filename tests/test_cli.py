@@ -71,6 +71,18 @@ def test_train_table_eval(tmp_path, capsys):
     assert again["psnr"] == pytest.approx(trained["psnr"], abs=1e-4)  # same weights, same test data
 
 
+def test_eval_after_a_table_with_pnp_and_red(tmp_path, capsys):
+    # PnP and RED share trained denoisers in OUT/<task>/denoiser_<sigma>/, which are not runs:
+    # eval used to take them for one and fail with "ValueError: ... got 'denoiser_0.02'"
+    args = [*TINY, "--out", str(tmp_path)]
+    status, _ = _main(["table", "--tasks", "mri", "--methods", "pnp,red", *args], capsys)
+    assert status == 0 and list((tmp_path / "mri").glob("denoiser_*/config.json"))
+    status, out = _main(["eval", "--out", str(tmp_path), "--threads", "1"], capsys)
+    assert status == 0
+    runs = json.loads((tmp_path / "eval.json").read_text())["runs"]
+    assert sorted(r["method"] for r in runs) == ["pnp", "red"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

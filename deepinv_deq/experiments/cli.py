@@ -651,7 +651,11 @@ def _eval(args, out: Path, log, say, error) -> int:
     from .results import markdown, write_tables
     from .runner import reevaluate
 
-    folders = sorted(p.parent for p in out.glob("*/*/config.json") if p.parent.name != "denoiser")
+    # trained runs are OUT/<task>/<method>-<regime>/; PnP/RED denoisers (OUT/<task>/denoiser_<sigma>/)
+    # are shared by runs, not runs themselves
+    folders = sorted(
+        p.parent for p in out.glob("*/*/config.json") if not p.parent.name.startswith("denoiser")
+    )
     if not folders:
         error(f"--out: no trained run found in '{out}'")
     results = []
