@@ -173,7 +173,15 @@ def _signature(app, what, name, obj, options, signature, return_annotation):
     clear error, it accepts nothing."""
     if signature and "**unknown" in signature:
         signature = signature.replace(", **unknown", "").replace("(**unknown)", "()")
+    if signature:
+        signature = _plain_defaults(signature)
     return signature, return_annotation
+
+
+def _plain_defaults(signature: str) -> str:
+    """``max_iter=default(50)`` -> ``max_iter=50``: the :func:`deepinv_deq._validation.default`
+    marker (which lets the code tell a passed argument from its default) is no part of the API."""
+    return re.sub(r"(=\s*)default\(([^()]*)\)", r"\1\2", signature)
 
 
 def setup(app):
@@ -181,6 +189,15 @@ def setup(app):
     app.connect("autodoc-skip-member", _skip_member)
     app.connect("autodoc-process-signature", _signature)
 
+
+# -- threads ----------------------------------------------------------------------------------------
+# One torch thread for the examples run by the build: on a machine shared with another busy process,
+# torch's default (one thread per core) made the gallery 8-12x slower (see the README, "Threads").
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # -- sphinx-gallery -------------------------------------------------------------------------------
 # Every examples/demo_*.py is executed during the build; a failing example fails the build.

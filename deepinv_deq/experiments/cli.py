@@ -260,9 +260,12 @@ def _machine(g) -> None:
     g.add_argument(
         "--threads",
         type=_positive_int,
-        default=None,
+        default=1,
         metavar="N",
-        help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)",
+        help=(
+            "CPU threads for torch (default: %(default)s; more threads only help on cores that "
+            "nothing else uses, and are many times slower when another process is busy)"
+        ),
     )
 
 
