@@ -43,6 +43,8 @@ def test_demo_writes_tables_and_figure(tmp_path, capsys, monkeypatch):
     runs = json.loads((tmp_path / "demo.json").read_text())["runs"]
     assert all(len(r["psnr"]) == 2 for r in runs)  # tiny: 2 test images
     assert (tmp_path / "figure_ct.png").read_bytes()[:4] == b"\x89PNG"
+    written = next(line for line in out.splitlines() if line.startswith("written: "))
+    assert str(tmp_path / "figure_ct.png") in written and str(tmp_path / "curves_ct.png") in written
     meta = json.loads((tmp_path / "experiment.json").read_text())
     assert meta["config"]["img_size"] == 16 and meta["command"].startswith("deepinv-deq demo")
 
@@ -372,7 +374,7 @@ def test_gpu_preset_selects_id_vs_jfb_vs_supervised_on_ct():
     # the help and the preset table say what it runs and that its time is not measured
     text = " ".join(cli.preset_table().split())
     gpu_note = text[text.index(" gpu: ") : text.index(" paper: ")]
-    assert "deq-jfb" in gpu_note and "UNMEASURED" in gpu_note
+    assert "deq-jfb" in gpu_note and "not measured" in gpu_note
 
 
 def test_paper_preset_is_paper_like():

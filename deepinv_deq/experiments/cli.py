@@ -595,6 +595,9 @@ def _report(results, cfg, out: Path, name: str, log, say, figures: bool = True) 
                 results, out, task, out / f"figure_{task}.png", reference=magnitude(x)[0].cpu()
             )
             written.append(str(path))
+            curves = path.with_name(f"curves_{task}.png")  # written next to it if any run trained
+            if curves.exists():
+                written.append(str(curves))
     say("written: " + ", ".join(written))
 
 

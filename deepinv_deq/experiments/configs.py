@@ -18,12 +18,12 @@ METHODS = {
     "deq": "DEQ, implicit differentiation (ours)",
     "deq-jfb": "DEQ, Jacobian-free backprop",
     "unrolled": "unrolled PGD (K = the DEQ's mean forward iterations, backprop)",
-    "unet": "U-Net on the pseudo-inverse (as many weights as the DEQ's denoiser)",
+    "unet": "U-Net on FBP / the zero-filled image (as many weights as the DEQ's denoiser)",
     "pnp": "PnP-PGD, the denoiser trained on clean images (noise level and step on validation)",
     "red": "RED, the denoiser trained on clean images (noise level and weight on validation)",
     "pnp-tv": "PnP-PGD with a TV denoiser (no training)",
     "deq-init": "DEQ at initialisation (untrained)",
-    "pinv": "pseudo-inverse (FBP / zero-filled)",
+    "pinv": "FBP (CT) / zero-filled image (MRI), no learning",
 }
 REGIMES = ("sup", "ei", "mc")
 #: methods trained end to end on the task, in each regime.
@@ -140,9 +140,9 @@ PRESET_NOTES = {
     "one thread",
     "repro": "former name of cpu",
     "gpu": "table: CT 128x128, 50 views, deq and deq-jfb in sup and ei (ID vs JFB vs supervised, "
-    "3 seeds); sized for <= 8 min on one H200 but UNMEASURED (no GPU was available to us)",
+    "3 seeds); sized for <= 8 min on one H200; time not measured",
     "paper": "paper-like settings (GPU: 128x128, 2000 images, 100 epochs, tol 1e-4, contractive "
-    "init); unmeasured",
+    "init); time not measured",
 }
 
 #: runs ``deepinv-deq table`` selects for a preset when ``--tasks``, ``--methods`` or ``--regimes``
