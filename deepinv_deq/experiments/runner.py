@@ -543,8 +543,8 @@ def run(
             + ("-" if bwd is None else f"{100 * bwd:.1f}% ({result['bwd_iters']:.1f} it)")
         )
     log(
-        f"{label}: PSNR {result['psnr_mean']:.2f} +- {result['psnr_std']:.2f} dB over "
-        f"{len(seeds)} seed(s){conv} (train {result['train_s']:.0f} s CPU)"
+        f"{label}: PSNR {result['psnr_mean']:.2f} +- {result['psnr_std']:.2f} dB (std over "
+        f"{result.get('std_over', 'seeds')}; seeds {seeds}){conv} (train {result['train_s']:.0f} s CPU)"
     )
     return result
 
