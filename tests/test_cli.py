@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,7 @@ def test_train_table_eval(tmp_path, capsys):
         ["train", "--task", "mri", "--method", "unrolled", "--regime", "mc", *args], capsys
     )
     assert status == 0 and (tmp_path / "mri" / "unrolled-mc" / "result.json").exists()
+    assert (tmp_path / "results_train_mri_unrolled-mc.md").exists()  # one table per trained run
     status, out = _main(
         ["table", "--tasks", "mri", "--methods", "unrolled,pinv", "--regimes", "mc", *args], capsys
     )
@@ -435,3 +437,18 @@ def test_runs_are_named_and_deepinv_chatter_is_quiet(tmp_path, capsys):
         assert chatter not in captured
     # folder and file names portable: no colons (timestamps) anywhere in the output
     assert all(":" not in p.name for p in tmp_path.rglob("*"))
+
+
+def test_warnings_in_the_log_are_one_line_without_a_path(tmp_path, capsys, monkeypatch):
+    seen = []
+
+    def fake_eval(args, out, log, say, error):
+        seen.append(
+            warnings.formatwarning(RuntimeWarning("DEQ: 1 of 2"), RuntimeWarning, "/x/y.py", 9)
+        )
+        return 0
+
+    monkeypatch.setattr(cli, "_eval", fake_eval)
+    default = warnings.formatwarning
+    assert cli.main(["eval", "--out", str(tmp_path)]) == 0
+    assert seen == ["warning: DEQ: 1 of 2\n"] and warnings.formatwarning is default

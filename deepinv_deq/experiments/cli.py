@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import configs
@@ -618,6 +619,7 @@ def main(argv=None) -> int:
     log = (lambda *a, **k: None) if args.quiet else print
     progress = not (args.no_progress or args.quiet)
     out = Path(args.out)
+    shown, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         if args.command == "eval":
             load_package()
@@ -641,6 +643,9 @@ def main(argv=None) -> int:
         except RunSettingsError as e:
             sub.error(_option_message(e))
         name = {"demo": "demo", "train": "results_train", "table": "results"}[args.command]
+        if args.command == "train":  # one table per run, so that a second `train` keeps the first
+            (task, method, regime), *_ = runs
+            name = f"results_train_{task}_{method}" + (f"-{regime}" if regime != "none" else "")
         _report(results, cfg, out, name, log, say, figures=args.command != "train")
         log(f"total time {time.perf_counter() - t0:.0f} s")
         return 0
@@ -651,6 +656,14 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        warnings.formatwarning = shown
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings in the command's log as ``warning: message`` (every warning is still shown), not
+    Python's default two lines with the path and source line of whatever library raised it."""
+    return f"warning: {message}\n"
 
 
 def _eval(args, out: Path, log, say, error) -> int:
