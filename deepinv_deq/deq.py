@@ -114,7 +114,8 @@ class DEQ(Reconstructor):
         a deepinv ``TensorList``) of tensors, ``F`` receives and returns such tuples and the
         reconstruction is their first element. Default: ``"PGD"``.
     :param float stepsize: step size :math:`\eta`. Default: ``1.0``.
-    :param float sigma_denoiser: denoiser noise level :math:`\sigma`. Default: ``0.05``.
+    :param float sigma_denoiser: denoiser noise level :math:`\sigma`, passed to a denoiser that
+        takes one (no effect on the default :class:`deepinv_deq.ContractiveDenoiser`). Default: ``0.05``.
     :param deepinv.optim.DataFidelity data_fidelity: the data fidelity. Default:
         :class:`deepinv.optim.L2`.
     :param int max_iter: maximum forward map evaluations (with a solver instance, set it on the

@@ -380,7 +380,7 @@ def test_gpu_preset_selects_id_vs_jfb_vs_supervised_on_ct():
     # the help and the preset table say what it runs and that its time is not measured
     text = " ".join(cli.preset_table().split())
     gpu_note = text[text.index(" gpu: ") : text.index(" paper: ")]
-    assert "deq-jfb" in gpu_note and "UNMEASURED" in gpu_note
+    assert "deq-jfb" in gpu_note and "not measured" in gpu_note
 
 
 def test_paper_preset_is_paper_like():

@@ -28,12 +28,12 @@ METHODS = {
     "deq": "DEQ, implicit differentiation (ours)",
     "deq-jfb": "DEQ, Jacobian-free backprop",
     "unrolled": "unrolled PGD (K = the DEQ's mean forward iterations, backprop)",
-    "unet": "U-Net on the pseudo-inverse (as many weights as the DEQ's denoiser)",
+    "unet": "U-Net on FBP / the zero-filled image (as many weights as the DEQ's denoiser)",
     "pnp": "PnP-PGD, the denoiser trained on clean images (noise level and step on validation)",
     "red": "RED, the denoiser trained on clean images (noise level and weight on validation)",
     "pnp-tv": "PnP-PGD with a TV denoiser (no training)",
     "deq-init": "DEQ at initialisation (untrained)",
-    "pinv": "pseudo-inverse (FBP / zero-filled)",
+    "pinv": "FBP (CT) / zero-filled image (MRI), no learning",
 }
 REGIMES = ("sup", "ei", "mc")
 #: iterations of the DEQ methods (``--iteration``)
@@ -169,7 +169,7 @@ PRESET_NOTES = {
     "one thread",
     "repro": "former name of cpu",
     "gpu": "table: CT 128x128, 50 views, deq and deq-jfb in sup and ei (ID vs JFB vs supervised, "
-    "3 seeds); sized for <= 8 min on one H200 but UNMEASURED (no GPU was available to us)",
+    "3 seeds); sized for <= 8 min on one H200; time not measured",
     "scale": "CT 64x64 with 25 views (the paper's 50 at 128x128, scaled) and MRI 64x64 at 8x "
     "(zero-filled PSNR 18.9 dB at 8x vs 20.1 dB at 4x on 16 phantoms: 8x kept, as the paper), "
     'with mri_data="mni" n_train <= 80 (142 slices, gaps); every method and regime of cpu, '
@@ -178,9 +178,9 @@ PRESET_NOTES = {
     "< 0.05 dB over its last 20 % of steps (from 16 epochs, cap 64); at init the DEQ solves "
     "converge (32/32 images, CT 14 and MRI 2 iterations); one EI-DEQ training step of 8 images "
     "takes 3.7 s (CT) and 0.7-1.1 s (MRI) of CPU on one thread (supervised: 2.1 s and 0.4 s), "
-    "so ~30 min per CT EI seed at 16 epochs before any extension; total time UNMEASURED",
+    "so ~30 min per CT EI seed at 16 epochs before any extension; total time not measured",
     "paper": "paper-like settings (GPU: 128x128, 2000 images, 100 epochs, tol 1e-4, contractive "
-    "init); unmeasured",
+    "init); time not measured",
 }
 
 #: runs ``deepinv-deq table`` selects for a preset when ``--tasks``, ``--methods`` or ``--regimes``

@@ -30,7 +30,8 @@ LABELS = {
     ("pnp-tv", "none"): "PnP-TV",
     ("deq-init", "none"): "untrained DEQ",
 }
-FONT = 11
+FONT = 12
+#: line styles cycled with the colours, so that a dozen runs never share a look
 
 
 def label(method: str, regime: str, task: str = "ct") -> str:
@@ -56,7 +57,7 @@ def reconstructions(
     path,
     reference=None,
     error_max: float = 0.2,
-    max_cols: int = 7,
+    max_cols: int = 5,
 ) -> Path:
     r"""Ground truth and the reconstruction of the first test image by every run of ``task``
     (top row, PSNR in the title, one grey scale from 0 to the ground truth's maximum), with the
@@ -68,7 +69,7 @@ def reconstructions(
     :param str path: image file to write (``.png``).
     :param torch.Tensor reference: the ground-truth magnitude image, shape ``(1, H, W)``.
     :param float error_max: upper end of the error colour scale. Default: ``0.2``.
-    :param int max_cols: panels per row; more runs wrap onto further rows. Default: ``7``.
+    :param int max_cols: panels per row; more runs wrap onto further rows. Default: ``5``.
     :return: the path written.
     """
     from .results import rows
@@ -88,7 +89,7 @@ def reconstructions(
         panels.insert(0, ("ground truth", reference, None))
     cols = min(len(panels), max_cols)
     blocks = (len(panels) + cols - 1) // cols  # each block: a row of images, a row of errors
-    fig, axes = plt.subplots(2 * blocks, cols, figsize=(2.3 * cols, 4.8 * blocks), squeeze=False)
+    fig, axes = plt.subplots(2 * blocks, cols, figsize=(2.6 * cols, 5.4 * blocks), squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -74,7 +74,7 @@ def _per_seed(r: dict, key: str) -> dict:
 def paired_difference(a: dict, b: dict, key: str = "psnr") -> dict | None:
     r"""Paired difference ``a - b`` of ``key`` (``"psnr"``: the seeds' mean PSNR; or a per-seed
     quantity such as ``"equivariance"``) over the seeds two runs share (a method that runs once,
-    e.g. the pseudo-inverse, is paired with every seed), with a 95 % Student-t interval.
+    e.g. FBP, is paired with every seed), with a 95 % Student-t interval.
 
     :return: ``dict(diffs, mean, lo, hi, n)``, or ``None`` if the runs share no seed.
     """
@@ -101,7 +101,7 @@ def paired_difference(a: dict, b: dict, key: str = "psnr") -> dict | None:
 COMPARISONS = (
     ("EI-DEQ implicit - EI-DEQ JFB", ("deq", "ei"), ("deq-jfb", "ei")),
     ("EI-DEQ implicit - supervised DEQ", ("deq", "ei"), ("deq", "sup")),
-    ("EI-DEQ implicit - pseudo-inverse", ("deq", "ei"), ("pinv", "none")),
+    ("EI-DEQ implicit - FBP / zero-filled", ("deq", "ei"), ("pinv", "none")),
     ("EI-DEQ implicit - untrained DEQ", ("deq", "ei"), ("deq-init", "none")),
     ("EI-DEQ implicit - EI unrolled", ("deq", "ei"), ("unrolled", "ei")),
     ("EI-DEQ implicit - EI U-Net", ("deq", "ei"), ("unet", "ei")),
