@@ -123,10 +123,12 @@ print(
     f"{'model':<28}{'time (s)':>9}{'fwd it':>8}{'bwd it':>8}{'converged fwd / bwd':>22}{'PSNR':>7}"
 )
 for name, (seconds, solves, psnr, converged) in report.items():
-    fwd = np.mean([s.nfe for s in solves["forward"]]) if solves["forward"] else float("nan")
-    bwd = np.mean([s.nfe for s in solves["backward"]]) if solves["backward"] else float("nan")
+    mean_nfe = lambda kind: f"{np.mean([s.nfe for s in solves[kind]]):.1f}" if solves[kind] else "-"
     conv = " / ".join(converged) if solves["forward"] else "not reported"
-    print(f"{name:<28}{seconds:>9.1f}{fwd:>8.1f}{bwd:>8.1f}{conv:>22}{psnr:>7.2f}")
+    print(
+        f"{name:<28}{seconds:>9.1f}{mean_nfe('forward'):>8}{mean_nfe('backward'):>8}"
+        f"{conv:>22}{psnr:>7.2f}"
+    )
 
 # %%
 # What to read in it: the ADMM-DEQ trains with the exact gradient of its fixed point, every solve
