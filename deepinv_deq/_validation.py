@@ -222,16 +222,22 @@ def check_measurements(owner: str, y, init, ref) -> None:
 
 
 def check_deq_arguments(
-    unknown: Mapping, valid: Iterable[str], iteration, denoiser, solver
+    unknown: Mapping, valid: Iterable[str], iteration, denoiser, solver, prior=None
 ) -> None:
     r"""The mistakes a new user of :class:`deepinv_deq.DEQ` meets, each with a hint."""
-    if "prior" in unknown:
+    gd = isinstance(iteration, str) and iteration.upper() == "GD"
+    if prior is not None and not gd:
         raise ValueError(
-            "DEQ takes the denoiser itself, not a deepinv prior: use DEQ(denoiser=...), e.g. "
-            "DEQ(denoiser=prior.denoiser) for a dinv.optim.PnP prior."
+            "DEQ takes the denoiser itself, not a deepinv prior (except for iteration='GD'): use "
+            "DEQ(denoiser=...), e.g. DEQ(denoiser=prior.denoiser) for a dinv.optim.PnP prior."
+        )
+    if gd and (prior is None or denoiser is not None):
+        raise ValueError(
+            "DEQ: the 'GD' iteration takes a differentiable deepinv prior, not a denoiser: "
+            "DEQ(iteration='GD', prior=dinv.optim.prior.RED(denoiser))."
         )
     reject_unknown("DEQ", unknown, valid)
-    if isinstance(iteration, str) and denoiser is None:
+    if isinstance(iteration, str) and denoiser is None and not gd:
         raise ValueError(
             f"DEQ: the '{iteration}' iteration needs a denoiser, e.g. "
             "DEQ(denoiser=deepinv_deq.ContractiveDenoiser()) or a deepinv denoiser such as "

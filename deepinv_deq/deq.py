@@ -105,7 +105,8 @@ class DEQ(Reconstructor):
 
     :param torch.nn.Module denoiser: the denoiser :math:`D_\theta`, called ``denoiser(x, sigma)``
         (e.g. :class:`deepinv_deq.ContractiveDenoiser`). Required for the built-in iterations.
-    :param str, Callable iteration: ``"PGD"``, ``"HQS"``, ``"RED"`` (see :mod:`deepinv_deq.maps`),
+    :param str, Callable iteration: ``"PGD"``, ``"HQS"``, ``"RED"``, ``"GD"`` (see
+        :mod:`deepinv_deq.maps`),
         the splitting iterations ``"ADMM"``, ``"DRS"``, ``"PDCP"`` (:mod:`deepinv_deq.splitting`;
         their state has several variables, the reconstruction is the primal one), a map instance,
         or a callable ``F(x, y, physics) -> x`` (then ``denoiser``, ``stepsize``,
@@ -145,6 +146,10 @@ class DEQ(Reconstructor):
     :param int eval_max_iter: forward budget in evaluation mode (after ``model.eval()``), e.g. a
         larger one to evaluate than to train. Default: ``None``, meaning ``max_iter``.
     :param float eval_tol: forward tolerance in evaluation mode. Default: ``None``, meaning ``tol``.
+    :param deepinv.optim.Prior prior: the differentiable prior :math:`g` of the ``"GD"`` iteration
+        :math:`F(x) = x - \eta(\nabla f(x) + \lambda \nabla g(x))` (e.g.
+        ``dinv.optim.prior.RED(denoiser)``); only with ``iteration="GD"``, which takes no
+        ``denoiser``. Default: ``None``.
     :param dict solver_options: further options of the forward solver (e.g. ``history_size``).
     :param dict backward_options: further options of the backward strategy (e.g.
         ``phantom_steps``, or ``history_size`` of its linear solver).
@@ -202,15 +207,19 @@ class DEQ(Reconstructor):
         backward_options: dict | None = None,
         eval_max_iter: int | None = None,
         eval_tol: float | None = None,
+        prior=None,
         device=None,
         **unknown,
     ):
         super().__init__()
-        check_deq_arguments(unknown, _parameter_names(DEQ.__init__), iteration, denoiser, solver)
+        check_deq_arguments(
+            unknown, _parameter_names(DEQ.__init__), iteration, denoiser, solver, prior
+        )
         given = lambda v: v if is_given(v) else None
         self.map = build_map(
             iteration,
             denoiser=denoiser,
+            prior=prior,
             data_fidelity=data_fidelity,
             stepsize=given(stepsize),
             sigma_denoiser=given(sigma_denoiser),

@@ -7,6 +7,8 @@ fixed point :math:`x^\star = F(x^\star; y, A)`. With :math:`f(x) = d(Ax, y)` the
 - :class:`PGDMap`: :math:`F(x) = D_\sigma\big(x - \eta \nabla f(x)\big)`;
 - :class:`HQSMap`: :math:`F(x) = D_\sigma\big(\operatorname{prox}_{\eta f}(x)\big)`;
 - :class:`REDMap`: :math:`F(x) = x - \eta\big(\nabla f(x) + \lambda (x - D_\sigma(x))\big)`;
+- :class:`GDMap`: :math:`F(x) = x - \eta\big(\nabla f(x) + \lambda \nabla g(x)\big)` for a
+  differentiable deepinv prior :math:`g`;
 - :class:`CallableMap`: any user function ``F(x, y, physics)``.
 """
 
@@ -316,6 +318,59 @@ class REDMap(FixedPointMap):
         return x - self.stepsize.to(x.dtype) * (grad + prior)
 
 
+class GDMap(FixedPointMap):
+    r"""Gradient descent on the data fidelity plus any differentiable deepinv prior.
+
+    .. math::
+
+        F(x) = x - \eta\big(\nabla f(x) + \lambda \nabla g(x)\big),
+
+    with :math:`g` a :class:`deepinv.optim.Prior` that has a ``grad`` (e.g.
+    :class:`deepinv.optim.prior.RED`, :class:`deepinv.optim.prior.Tikhonov`). The map is a
+    contraction when :math:`f + \lambda g` is :math:`\mu`-strongly convex and :math:`L`-smooth and
+    :math:`\eta < 2/L`.
+
+    :param deepinv.optim.Prior prior: the prior :math:`g`, called as ``prior.grad(x)``.
+    :param deepinv.optim.DataFidelity data_fidelity: :math:`f`. Default: :class:`deepinv.optim.L2`.
+    :param float stepsize: :math:`\eta`. Default: ``1.0``.
+    :param float lambda_reg: :math:`\lambda`. Default: ``None``, meaning ``1.0``.
+    :param float sigma_denoiser: noise level passed to ``prior.grad(x, sigma)`` for a prior built
+        on a denoiser (e.g. RED); ``None`` calls ``prior.grad(x)``. Default: ``None``.
+    :param tuple trainable_params: among ``"stepsize"``, ``"lambda_reg"``. Default: ``()``.
+
+    |sep|
+
+    :Examples:
+
+    >>> import torch, deepinv as dinv
+    >>> from deepinv_deq.maps import GDMap
+    >>> physics = dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.5)
+    >>> F = GDMap(dinv.optim.prior.Tikhonov(), stepsize=0.5, lambda_reg=0.5)
+    >>> x = torch.rand(1, 1, 8, 8)
+    >>> F(x, physics(x), physics).shape
+    torch.Size([1, 1, 8, 8])
+    """
+
+    uses = ("stepsize", "lambda_reg")
+
+    def __init__(self, prior, data_fidelity=None, sigma_denoiser=None, **kwargs):
+        if not callable(getattr(prior, "grad", None)):
+            raise ValueError(f"GDMap: 'prior' must be a deepinv Prior with a grad, got {prior!r}.")
+        super().__init__(prior, data_fidelity, **kwargs)
+        self.prior = self.denoiser
+        # the noise level of a denoiser-based prior (RED), passed to prior.grad when given
+        self.sigma = None
+        if sigma_denoiser is not None:
+            self.sigma = check_float(
+                "GDMap", "sigma_denoiser", sigma_denoiser, 0.0, strict_min=True
+            )
+
+    def forward(self, x, y, physics):
+        grad = self._fidelity_grad(x, y, physics)
+        g = self.prior.grad(x) if self.sigma is None else self.prior.grad(x, self.sigma)
+        return x - self.stepsize.to(x.dtype) * (grad + self.lambda_reg.to(x.dtype) * g)
+
+
 class CallableMap(torch.nn.Module):
     r"""Wrap a user function ``fn(x, y, physics) -> x`` as a fixed-point map.
 
@@ -360,7 +415,7 @@ class CallableMap(torch.nn.Module):
 
 
 #: iteration names accepted by :func:`build_map` and :class:`deepinv_deq.DEQ`
-ITERATIONS = {"PGD": PGDMap, "HQS": HQSMap, "RED": REDMap}
+ITERATIONS = {"PGD": PGDMap, "HQS": HQSMap, "RED": REDMap, "GD": GDMap}
 
 
 def build_map(iteration, **kwargs) -> torch.nn.Module:
