@@ -68,6 +68,7 @@ class Counter:
 
     def __init__(self, model: DEQ):
         self.fwd = self.bwd = self.solves = 0
+        self.converged = {"forward": [0, 0], "backward": [0, 0]}  # converged, samples
         model.register_stats_hook(self)
 
     def __call__(self, kind, stats):
@@ -76,6 +77,12 @@ class Counter:
         else:
             self.bwd += stats.nfe
             self.solves += 1
+        self.converged[kind][0] += int(stats.converged.sum())
+        self.converged[kind][1] += int(stats.status.numel())
+
+    def fraction(self, kind: str) -> str:
+        done, total = self.converged[kind]
+        return f"{done}/{total}" if total else "-"
 
 
 def losses_for(kind: str, seed: int):
@@ -165,14 +172,15 @@ def main():
         print(f"\n{'MC + EI' if kind == 'ei' else 'supervised'} step:\n")
         print(
             "| backward | fwd evals / step | bwd products / step | products / solve | "
-            "time / step (ms) | ratio to JFB | grad error, step 1 |"
+            "converged fwd / bwd | time / step (ms) | ratio to JFB | grad error, step 1 |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for name in models:
             c, t = counters[name], statistics.median(times[name])
             per_solve = f"{c.bwd / c.solves:.1f}" if c.solves else "-"
             print(
                 f"| {name} | {c.fwd / args.steps:.1f} | {c.bwd / args.steps:.1f} | {per_solve} | "
+                f"{c.fraction('forward')} / {c.fraction('backward')} | "
                 f"{1e3 * t:.0f} | {t / t_jfb:.2f} | {errors[name]:.1e} |"
             )
 

@@ -31,7 +31,7 @@ class StatePacker:
     of shape ``(B, n)`` and back.
 
     :param Sequence state: an example state (a tuple, list or deepinv ``TensorList`` of tensors of
-        shapes ``(B, ...)``), which fixes the shapes, the dtype and the container type.
+        shapes ``(B, ...)``), which fixes the shapes and the dtype; :meth:`unpack` gives a tuple.
 
     |sep|
 
@@ -58,7 +58,6 @@ class StatePacker:
             )
         self.shapes = [tuple(p.shape[1:]) for p in parts]
         self.sizes = [max(int(torch.Size(s).numel()), 1) for s in self.shapes]
-        self.container = type(state)
         self.dtype = parts[0].dtype
         for p in parts[1:]:
             self.dtype = torch.promote_types(self.dtype, p.dtype)

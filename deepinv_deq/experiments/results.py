@@ -138,10 +138,25 @@ def _interval(c: dict) -> tuple[str, str]:
     return fmt.format(c["mean"]), ci
 
 
+def percent(value: float) -> str:
+    r"""A converged fraction as a percentage that reads 100 % only when every solve converged
+    (0.99967 is ``99.96%``, rounded down, not ``100.0%``).
+
+    :Examples:
+
+    >>> from deepinv_deq.experiments.results import percent
+    >>> percent(1.0), percent(0.99967), percent(0.946)
+    ('100.0%', '99.96%', '94.6%')
+    """
+    if value < 1.0 and round(100 * value, 1) >= 100.0:
+        return f"{math.floor(1e4 * value) / 100:.2f}%"
+    return f"{100 * value:.1f}%"
+
+
 def _pct(value, iters) -> str:
     if value is None:
         return "-"
-    return f"{100 * value:.1f}% ({iters:.1f})"
+    return f"{percent(value)} ({iters:.1f})"
 
 
 def _cells(r: dict) -> list[str]:

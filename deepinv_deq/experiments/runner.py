@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from .configs import ExperimentConfig, FIXED, SOLVED, check_run
+from .results import percent
 from .methods import build_denoiser, build_losses, build_model
 from .tasks import build_physics
 from .training import SolveCounter, flattened, train, validation_psnr
@@ -613,9 +614,9 @@ def run(
     if result.get("fwd_converged") is not None:
         bwd = result.get("bwd_converged")
         conv = (
-            f", converged fwd {100 * result['fwd_converged']:.1f}% "
+            f", converged fwd {percent(result['fwd_converged'])} "
             f"({result['fwd_iters']:.1f} it), bwd "
-            + ("-" if bwd is None else f"{100 * bwd:.1f}% ({result['bwd_iters']:.1f} it)")
+            + ("-" if bwd is None else f"{percent(bwd)} ({result['bwd_iters']:.1f} it)")
         )
     spread = (
         f"+- {result['psnr_std']:.2f} dB over {len(seeds)} seeds"
