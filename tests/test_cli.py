@@ -12,7 +12,7 @@ import torch
 
 import deepinv_deq
 
-from deepinv_deq.experiments import cli
+from deepinv_deq.experiments import cli, commands
 from deepinv_deq.experiments.configs import METHODS
 
 TINY = ["--size", "tiny", "--no-progress", "--threads", "1", "--jobs", "1"]
@@ -25,7 +25,7 @@ def _main(args, capsys):
 
 def test_demo_writes_tables_and_figure(tmp_path, capsys, monkeypatch):
     # the demo's code path with three of its runs (the full list is the slow test below)
-    monkeypatch.setattr(cli, "DEMO_RUNS", (("pinv", "none"), ("deq", "ei"), ("unet", "sup")))
+    monkeypatch.setattr(commands, "DEMO_RUNS", (("pinv", "none"), ("deq", "ei"), ("unet", "sup")))
     status, out = _main(["demo", *TINY, "--out", str(tmp_path)], capsys)
     assert status == 0
     for name in ("demo.md", "demo.csv", "demo.json", "figure_ct.png", "experiment.json"):
@@ -197,7 +197,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, capsys, monkeypatch):
         log("this message is hidden by -q")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_grid", interrupted)
+    monkeypatch.setattr(commands, "train_runs", interrupted)
     status = cli.main(["demo", *TINY, "-q", "--out", str(tmp_path)])
     captured = capsys.readouterr()
     assert status == 130 and seen["progress"] is False
@@ -341,7 +341,7 @@ def test_python_m_entry_point(run_python):
         cwd=Path(__file__).parents[1],
     )
     assert proc.returncode == 0, proc.stderr
-    assert "{demo,train,eval,table}" in proc.stdout
+    assert "{demo,train,eval,table,claims}" in proc.stdout
 
 
 @pytest.mark.slow
@@ -349,7 +349,7 @@ def test_full_tiny_demo(tmp_path, capsys):
     status, out = _main(["demo", *TINY, "--out", str(tmp_path)], capsys)
     assert status == 0
     rows = list(csv.DictReader(open(tmp_path / "demo.csv")))
-    assert len(rows) == len(cli.DEMO_RUNS)
+    assert len(rows) == len(commands.DEMO_RUNS)
 
 
 def _selected_runs(argv):
@@ -359,7 +359,7 @@ def _selected_runs(argv):
     def error(message):
         raise AssertionError(message)
 
-    return cli._runs(args, error)
+    return commands.selected_runs(args, error)
 
 
 def test_gpu_preset_selects_id_vs_jfb_vs_supervised_on_ct():

@@ -14,7 +14,8 @@ from deepinv_deq.data import load_dataset
 from deepinv_deq.experiments import ExperimentConfig, build_losses, build_model, run
 from deepinv_deq.experiments.configs import METHODS, check_run, parse_list
 from deepinv_deq.experiments.methods import PseudoInverseNet, Unrolled, build_denoiser
-from deepinv_deq.experiments.results import figure, markdown, rst, write_tables
+from deepinv_deq.experiments.figures import figure
+from deepinv_deq.experiments.results import markdown, rst, write_tables
 from deepinv_deq.experiments.runner import evaluate, magnitude, run_dir, held_out_measurements
 from deepinv_deq.experiments.tasks import build_physics, pseudo_inverse
 from deepinv_deq.maps import PGDMap
@@ -288,7 +289,7 @@ def test_methods_share_batches_noise_and_transforms(tmp_path, monkeypatch):
 
 def test_paired_difference_and_flattening():
     from deepinv_deq.experiments.results import paired_difference
-    from deepinv_deq.experiments.training import flattened
+    from deepinv_deq.experiments.plateau import flattened
 
     a = dict(seeds=[0, 1, 2], psnr_seeds=[30.0, 31.0, 32.0])
     b = dict(seeds=[0, 1, 2], psnr_seeds=[29.0, 29.0, 29.0])

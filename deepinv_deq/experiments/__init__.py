@@ -1,7 +1,29 @@
 r"""The paper's experiments: configurations, methods, training/evaluation runs, tables and figures.
 
-The command line ``deepinv-deq`` (:mod:`deepinv_deq.experiments.cli`) drives them. The
-configuration names are imported at once (they need no torch, so ``deepinv-deq --help`` stays
+Package map, one concept a module (an arrow is "imports"; there is no import cycle):
+
+- :mod:`~deepinv_deq.experiments.configs`: settings (:class:`ExperimentConfig`), tasks, methods,
+  regimes and size presets, validated (no torch).
+- :mod:`~deepinv_deq.experiments.configurations`: the configurations of the claims and the
+  null-space diagnostic (-> configs).
+- :mod:`~deepinv_deq.experiments.tasks`: the forward operators and their linear inversions.
+- :mod:`~deepinv_deq.experiments.methods`: the models and losses of each method and regime
+  (-> tasks).
+- :mod:`~deepinv_deq.experiments.training`: the training loop, checkpoints and solve counting
+  (-> plateau).
+- :mod:`~deepinv_deq.experiments.plateau`: the plateau budget (how long a run trains).
+- :mod:`~deepinv_deq.experiments.runner`: one run: train each seed (resumable, in parallel),
+  evaluate, aggregate (-> methods, tasks, training, plateau, results).
+- :mod:`~deepinv_deq.experiments.results`: tables and paired differences (-> configs).
+- :mod:`~deepinv_deq.experiments.figures`: reconstructions, training curves and the claims'
+  figures (-> results, runner).
+- :mod:`~deepinv_deq.experiments.claims`: the paper's claims, how each is judged, and their runs
+  on every configuration (-> configurations, results, runner, tasks).
+- :mod:`~deepinv_deq.experiments.cli`: the command line's parser and help (no torch), and
+  :mod:`~deepinv_deq.experiments.commands`: what each command does (-> runner, results, figures,
+  claims).
+
+The configuration names are imported at once (they need no torch, so ``deepinv-deq --help`` stays
 fast); the models and the runner are imported on first use.
 """
 

@@ -1,17 +1,20 @@
-r"""Command line: ``deepinv-deq {demo,train,eval,table}`` (also ``python -m deepinv_deq``).
+r"""Command line: ``deepinv-deq {demo,train,eval,table,claims}`` (also ``python -m deepinv_deq``).
 
 - ``demo``: the README's main job: the key runs of the paper on sparse-view CT with the offline
   phantoms; prints the table and writes the figures.
 - ``train``: one method on one task in one regime.
 - ``eval``: evaluates the trained runs found in ``--out`` again (no training option).
 - ``table``: every method x regime on the chosen tasks: the comparison table of the paper.
+- ``claims``: the paper's claims measured on several configurations
+  (:mod:`deepinv_deq.experiments.claims`).
 
 Every command writes into ``--out`` (default ``./deepinv_deq_results``) and resumes: finished runs
 are skipped, interrupted ones continue from their last checkpoint (Ctrl-C stops cleanly).
 
 This module imports neither torch nor deepinv at import time: ``--help``, ``--version`` and usage
 errors are answered before the package's heavy part is loaded (``launcher/_deepinv_deq_cli.py``).
-Usage errors name the option as typed, show the subcommand's usage and exit with status 2.
+Usage errors name the option as typed, show the subcommand's usage and exit with status 2. What
+each command does once its arguments are valid is in :mod:`deepinv_deq.experiments.commands`.
 """
 
 from __future__ import annotations
@@ -19,31 +22,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import json
 import os
 import re
 import sys
 import time
 from pathlib import Path
 
-from . import configs
-from .configs import DEQ_ITERATIONS, FIXED, METHODS, PRESETS, REGIMES, TASKS, ExperimentConfig
+from . import commands, configs
+from .commands import option_message
+from .configs import DEMO_RUNS, DEQ_ITERATIONS, FIXED, METHODS, PRESETS, REGIMES, TASKS
+from .configs import ExperimentConfig
+from .configurations import CONFIGURATIONS
 
 DEFAULT_OUT = "deepinv_deq_results"
-#: (method, regime) pairs of ``deepinv-deq demo`` on CT (defined with the presets).
-DEMO_RUNS = getattr(
-    configs,
-    "DEMO_RUNS",
-    (
-        ("pinv", "none"),
-        ("pnp-tv", "none"),
-        ("deq", "sup"),
-        ("deq", "ei"),
-        ("deq-jfb", "ei"),
-        ("unrolled", "ei"),
-        ("unet", "sup"),
-    ),
-)
 #: default preset of each command.
 DEFAULT_SIZE = {
     "demo": "demo",
@@ -282,6 +273,22 @@ _RESUME = (
 )
 
 
+def _claim_runs() -> tuple:
+    # the runs of the claims, without importing the analysis (torch-free, for --help)
+    from .claims import CLAIM_RUNS
+
+    return CLAIM_RUNS
+
+
+def configuration_table() -> str:
+    r"""The configurations of ``deepinv-deq claims``, one line each: task, preset and settings."""
+    lines = []
+    for name, (task, preset, own) in CONFIGURATIONS.items():
+        what = ", ".join(f"{k}={v}" for k, v in own.items())
+        lines.append(f"  {name}: {task}, preset {preset}, {what}")
+    return "\n".join(lines)
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     fmt = argparse.RawDescriptionHelpFormatter
     presets = "size presets (--size):\n" + preset_table()
@@ -296,7 +303,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         formatter_class=fmt,
     )
     p.add_argument("--version", action="version", version=_version())
-    sub = p.add_subparsers(dest="command", metavar="{demo,train,eval,table}", title="commands")
+    sub = p.add_subparsers(
+        dest="command", metavar="{demo,train,eval,table,claims}", title="commands"
+    )
     sub.required = True
     demo_runs = ", ".join(m if r == "none" else f"{m} ({r})" for m, r in DEMO_RUNS)
     parsers = {
@@ -337,6 +346,21 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
             epilog=presets,
             formatter_class=fmt,
         ),
+        "claims": sub.add_parser(
+            "claims",
+            help="the paper's claims on several configurations (CT, MRI on real anatomy, "
+            "deblurring)",
+            description="Trains and evaluates, on each configuration, the runs that the paper's "
+            "claims compare ("
+            + ", ".join(m if r == "none" else f"{m} ({r})" for m, r in _claim_runs())
+            + "), each trained until its validation PSNR plateaus; writes each configuration's "
+            "table in its own folder, then claims.md/.csv/.json (each claim's paired difference, "
+            "95 %% interval and verdict per configuration) and the figures claims.png and "
+            "claims_null_space.png. " + _RESUME.split(" '--extend")[0],
+            usage="deepinv-deq claims [--configurations LIST] [--out FOLDER] [options]",
+            epilog="configurations (--configurations):\n" + configuration_table(),
+            formatter_class=fmt,
+        ),
     }
     t = parsers["train"].add_argument_group("run")
     t.add_argument(
@@ -372,6 +396,30 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         _common(parsers[name])
         _verbosity(parsers[name])
         parsers[name].set_defaults(size=DEFAULT_SIZE[name])
+    c = parsers["claims"].add_argument_group("which configurations")
+    c.add_argument(
+        "--configurations",
+        default=None,
+        metavar="LIST",
+        help=f"comma-separated among {', '.join(CONFIGURATIONS)} or 'all' (default: all)",
+    )
+    c.add_argument(
+        "--size",
+        choices=["tiny"],
+        default=None,
+        help="tiny: every configuration shrunk to the tiny preset, generated images, one seed "
+        "(checks the whole pipeline in about a minute a configuration; not results)",
+    )
+    m = parsers["claims"].add_argument_group("output and machine")
+    m.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="FOLDER",
+        help="output folder (one sub-folder a configuration); runs found there are resumed "
+        "(default: ./%(default)s)",
+    )
+    _machine(m)
+    _verbosity(parsers["claims"])
     e = parsers["eval"].add_argument_group("runs and machine")
     e.add_argument(
         "--out",
@@ -394,13 +442,6 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 # checks made before anything is created
 
 
-def _option_message(message: str) -> str:
-    """A validation message naming the option as typed (``'img_size'`` -> ``--img-size``)."""
-    message = " ".join(str(message).split())
-    message = re.sub(r"^(ExperimentConfig|run|deepinv-deq): ", "", message)
-    return re.sub(r"^'(\w+)'", lambda m: "--" + m.group(1).replace("_", "-"), message)
-
-
 def _check_paths(args, error) -> None:
     """``--data`` must be 'phantoms' or an existing folder; ``--out`` a folder we can write into."""
     data = getattr(args, "data", "phantoms")
@@ -419,25 +460,6 @@ def _check_paths(args, error) -> None:
         error(f"--out: cannot write into '{target}' (permission denied)")
 
 
-def _check_data_content(cfg, tasks, error) -> None:
-    """Open the real-data folder for each task (train and test splits) before any run starts."""
-    if cfg.data == "phantoms":
-        return
-    from ..data import load_dataset
-
-    for task in tasks:
-        size = cfg.size_of(task) if hasattr(cfg, "size_of") else cfg.img_size
-        try:
-            # all the splits at once: disjoint, and n_train + n_test + n_val <= the images
-            counts = (cfg.n_train, cfg.n_test, getattr(cfg, "n_val", 0))
-            load_dataset(cfg.data, task, cfg.n_train, size, cfg.seed, split=0, counts=counts)
-            load_dataset(cfg.data, task, cfg.n_test, size, cfg.seed, split=1, counts=counts)
-        except (FileNotFoundError, ValueError, ImportError, OSError) as e:
-            error(
-                f"--data: not usable for {task}: " + re.sub(r"^\w+: ", "", " ".join(str(e).split()))
-            )
-
-
 def _refuse_unknown(args, extra: list[str], parser, command: str) -> None:
     if not extra:
         return
@@ -452,187 +474,6 @@ def _refuse_unknown(args, extra: list[str], parser, command: str) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # running
-
-
-def load_package() -> None:
-    """Complete ``import deepinv_deq`` if the launcher imported it for parsing only (torch, deepinv,
-    registration)."""
-    import importlib
-
-    import deepinv_deq
-
-    if not hasattr(deepinv_deq, "DEQ"):
-        importlib.reload(deepinv_deq)
-
-
-def _config(args, error) -> ExperimentConfig:
-    """The settings: the preset with the options given (validated without importing torch)."""
-    names = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    overrides = {n: getattr(args, n) for n in names if n != "device" and hasattr(args, n)}
-    try:
-        return ExperimentConfig.from_preset(args.size, device=args.device, **overrides)
-    except ValueError as e:
-        error(_option_message(e))
-
-
-def one_line_warnings() -> None:
-    r"""Print warnings as one line, ``Category: message``, without the source path and line that
-    Python's default format adds (a path inside site-packages or multiprocessing tells a user of
-    the command line nothing)."""
-    import warnings
-
-    warnings.formatwarning = lambda message, category, *args, **kwargs: (
-        f"{category.__name__}: {message}\n"
-    )
-
-
-def _setup_machine(args, error) -> None:
-    """Apply ``--threads`` and ``--jobs`` (their defaults depend on the device); check ``--device``."""
-    import torch
-
-    one_line_warnings()
-    cpu = not args.device.startswith("cuda")
-    if args.threads is None and cpu:
-        args.threads = 1
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if hasattr(args, "jobs") and args.jobs is None:
-        parallel = cpu and args.command == "demo"
-        args.jobs = min(2, os.cpu_count() or 1) if parallel else 1
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        error(f"--device {args.device}: CUDA is not available on this machine")
-
-
-def _versions(device: str) -> dict:
-    from importlib import metadata
-
-    import torch
-
-    import deepinv_deq
-
-    info = {
-        "deepinv-deq": deepinv_deq.__version__,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "device": device,
-    }
-    try:
-        info["deepinv"] = metadata.version("deepinv")
-    except metadata.PackageNotFoundError:  # pragma: no cover
-        info["deepinv"] = None
-    if device.startswith("cuda"):
-        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
-def _save_meta(out: Path, cfg: ExperimentConfig, argv) -> None:
-    (out / "experiment.json").write_text(
-        json.dumps(
-            {
-                "command": "deepinv-deq " + " ".join(argv),
-                "config": cfg.to_dict(),
-                "versions": _versions(cfg.device),
-            },
-            indent=1,
-        )
-    )
-
-
-def _runs(args, error) -> list[tuple[str, str, str]]:
-    if args.command == "demo":
-        return [("ct", m, r) for m, r in DEMO_RUNS]
-    if args.command == "train":
-        if args.method in FIXED:
-            if args.regime is not None:
-                error(f"--regime: method '{args.method}' is not trained end to end: no regime")
-            return [(args.task, args.method, "none")]
-        if args.regime is None:
-            error(f"--regime is required for method '{args.method}' (one of {', '.join(REGIMES)})")
-        return [(args.task, args.method, args.regime)]
-    chosen = {}
-    preset = configs.PRESET_RUNS.get(args.size, {})
-    for name, value, choices in (
-        ("tasks", args.tasks, TASKS),
-        ("methods", args.methods, METHODS),
-        ("regimes", args.regimes, REGIMES),
-    ):
-        value = preset.get(name, "all") if value is None else value
-        try:
-            chosen[name] = configs.parse_list(name, value, choices)
-        except ValueError as e:
-            error(_option_message(e))
-    runs = [(t, m, "none") for t in chosen["tasks"] for m in chosen["methods"] if m in FIXED]
-    runs += [
-        (t, m, r)
-        for t in chosen["tasks"]
-        for m in chosen["methods"]
-        if m not in FIXED
-        for r in chosen["regimes"]
-    ]
-    runs.sort(key=lambda x: (x[0], list(METHODS).index(x[1])))
-    return runs
-
-
-def _run_kwargs(run, args, index: int, total: int, task: str, method: str, regime: str) -> dict:
-    """Options of :func:`~deepinv_deq.experiments.runner.run` this runner version supports."""
-    params = inspect.signature(run).parameters
-    wanted = {
-        "verbose": args.verbose,
-        "overwrite": args.overwrite,
-        "extend": getattr(args, "extend", False),
-        "label": f"run {index}/{total}: {task} {method}"
-        + ("" if regime == "none" else f" {regime}"),
-    }
-    return {k: v for k, v in wanted.items() if k in params and v}
-
-
-def _grid(cfg, out, runs, progress, log, args):
-    from .runner import run, train_in_parallel
-
-    if (getattr(args, "jobs", None) or 1) > 1 and not getattr(args, "extend", False):
-        if args.overwrite:  # start afresh here, then train the seeds in parallel
-            import shutil
-
-            from .runner import run_dir
-
-            for task, method, regime in runs:
-                shutil.rmtree(run_dir(Path(out), task, method, regime), ignore_errors=True)
-            args.overwrite = False
-        train_in_parallel(runs, cfg, out, args.jobs, progress=args.verbose, log=log)
-    return [
-        run(
-            task,
-            method,
-            regime,
-            cfg,
-            out,
-            progress=progress,
-            log=log,
-            **_run_kwargs(run, args, i, len(runs), task, method, regime),
-        )
-        for i, (task, method, regime) in enumerate(runs, 1)
-    ]
-
-
-def _report(results, cfg, out: Path, name: str, log, say, figures: bool = True) -> None:
-    from .results import figure, markdown, write_tables
-    from .runner import magnitude, held_out_measurements
-
-    paths = write_tables(results, out, name=name, config=cfg.to_dict())
-    say("")
-    say(markdown(results))
-    written = [str(p) for p in paths.values()]
-    if figures:
-        for task in sorted({r["task"] for r in results}):
-            x, _ = held_out_measurements(task, cfg)[0]
-            path = figure(
-                results, out, task, out / f"figure_{task}.png", reference=magnitude(x)[0].cpu()
-            )
-            written.append(str(path))
-            curves = path.with_name(f"curves_{task}.png")
-            if curves.exists():
-                written.append(str(curves))
-    say("written: " + ", ".join(written))
 
 
 def main(argv=None) -> int:
@@ -654,31 +495,35 @@ def main(argv=None) -> int:
     out = Path(args.out)
     try:
         if args.command == "eval":
-            load_package()
-            _setup_machine(args, sub.error)
-            return _eval(args, out, log, say, sub.error)
-        runs = _runs(args, sub.error)
-        cfg = _config(args, sub.error)
-        load_package()
-        _setup_machine(args, sub.error)
-        _check_data_content(cfg, sorted({t for t, _, _ in runs}), sub.error)
+            commands.load_package()
+            commands.setup_machine(args, sub.error)
+            return commands.reevaluate_all(args, out, log, say, sub.error)
+        if args.command == "claims":
+            commands.load_package()
+            commands.setup_machine(args, sub.error)
+            return commands.claims(args, out, argv, progress, log, say, sub.error)
+        runs = commands.selected_runs(args, sub.error)
+        cfg = commands.settings(args, sub.error)
+        commands.load_package()
+        commands.setup_machine(args, sub.error)
+        commands.check_data(cfg, sorted({t for t, _, _ in runs}), sub.error)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             sub.error(f"--out: cannot create '{out}' ({e.strerror or e})")
-        _save_meta(out, cfg, argv)
+        commands.save_meta(out, cfg, argv)
         t0 = time.perf_counter()
         from .runner import RunSettingsError
 
         try:
-            results = _grid(cfg, out, runs, progress, log, args)
+            results = commands.train_runs(cfg, out, runs, progress, log, args)
         except RunSettingsError as e:
-            sub.error(_option_message(e))
+            sub.error(option_message(e))
         name = {"demo": "demo", "train": "results_train", "table": "results"}[args.command]
         if args.command == "train":  # one table per run: several trains share an output folder
             task, method, regime = runs[0]
             name = f"results_train_{task}_{method}" + ("" if regime == "none" else f"_{regime}")
-        _report(results, cfg, out, name, log, say, figures=args.command != "train")
+        commands.report(results, cfg, out, name, log, say, figures=args.command != "train")
         log(f"total time {time.perf_counter() - t0:.0f} s")
         return 0
     except KeyboardInterrupt:
@@ -688,27 +533,3 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 130
-
-
-def _eval(args, out: Path, log, say, error) -> int:
-    from .results import markdown, write_tables
-    from .runner import reevaluate
-
-    # run folders only (<method> or <method>-<regime>), not the denoisers of PnP and RED
-    # (denoiser_<sigma>), which hold a config.json too
-    names = set(METHODS) | {f"{m}-{r}" for m in METHODS for r in REGIMES}
-    folders = sorted(p.parent for p in out.glob("*/*/config.json") if p.parent.name in names)
-    if not folders:
-        error(f"--out: no trained run found in '{out}'")
-    results = []
-    for folder in folders:
-        stored = json.loads((folder / "config.json").read_text())
-        if args.n_test is not None:
-            stored["n_test"] = args.n_test
-        cfg = ExperimentConfig(**{**stored, "device": args.device})
-        results.append(reevaluate(folder, cfg, log=log))
-    paths = write_tables(results, out, name="eval")
-    say("")
-    say(markdown(results))
-    say("written: " + ", ".join(str(p) for p in paths.values()))
-    return 0

@@ -50,6 +50,17 @@ def _pyplot():
     return plt
 
 
+def _save_with_legend(fig, ax, path, right: float) -> Path:
+    # the legend of ``ax`` to the right of the figure, which is written to ``path`` and closed
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="center right", fontsize=FONT - 1, frameon=False)
+    fig.tight_layout(rect=(0, 0, right, 1))
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    _pyplot().close(fig)
+    return path
+
+
 def reconstructions(
     results: list[dict],
     out,
@@ -185,10 +196,107 @@ def training_curves(results: list[dict], out, task: str, path) -> Path | None:
     fig.suptitle(
         f"{task.upper()}: training curves (mean over seeds, band = min-max)", fontsize=FONT + 1
     )
-    handles, names = left.get_legend_handles_labels()
-    fig.legend(handles, names, loc="center right", fontsize=FONT - 1, frameon=False)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    return _save_with_legend(fig, left, path, 0.8)
+
+
+def figure(results: list[dict], out, task: str, path, reference=None) -> Path:
+    r"""Reconstructions of the first test image by every run of ``task`` with their error maps
+    (:func:`reconstructions`), and next to it
+    ``curves_<task>.png``, the training curves of the trained runs
+    (:func:`training_curves`), when there are any."""
+    path = reconstructions(results, out, task, path, reference=reference)
+    training_curves(results, out, task, Path(path).with_name(f"curves_{task}.png"))
+    return path
+
+
+#: colours of the claims' verdicts
+VERDICT_COLOURS = {"holds": "tab:green", "unresolved": "tab:gray", "fails": "tab:red"}
+
+
+def claims_forest(rows: list[dict], claims, path, cols: int = 4) -> Path | None:
+    r"""One panel per claim: each configuration's mean paired difference with its 95 % interval,
+    coloured by verdict (green holds, grey unresolved, red fails), the claim's threshold dashed.
+
+    :param list rows: rows of :func:`deepinv_deq.experiments.claims.judge`.
+    :param list claims: the :class:`~deepinv_deq.experiments.claims.Claim` objects, in panel order.
+    :param str path: image file to write (``.png``).
+    :param int cols: panels per row.
+    :return: the path written, or ``None`` without rows.
+    """
+    claims = [c for c in claims if any(r["claim"] == c.name for r in rows)]
+    if not claims:
+        return None
+    plt = _pyplot()
+    names = list(dict.fromkeys(r["configuration"] for r in rows))
+    cols = min(cols, len(claims))
+    nrows = (len(claims) + cols - 1) // cols
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(4.2 * cols, 0.45 * len(names) * nrows + 1.6 * nrows), squeeze=False
+    )
+    for ax in axes.flat[len(claims) :]:
+        ax.axis("off")
+    for ax, c in zip(axes.flat, claims, strict=False):
+        for k, n in enumerate(names):
+            r = next((r for r in rows if r["configuration"] == n and r["claim"] == c.name), None)
+            if r is None or r["n"] == 0:
+                continue
+            colour = VERDICT_COLOURS[r["verdict"]]
+            lo, hi = r["lo"], r["hi"]
+            if lo == lo:  # an interval exists (two seeds or more)
+                ax.plot([lo, hi], [k, k], color=colour, lw=2.5)
+            ax.plot([r["mean"]], [k], "o", color=colour, ms=6)
+        ax.axvline(c.threshold, color="black", ls="--", lw=1)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names if ax in axes[:, 0] else [], fontsize=FONT - 1)
+        ax.set_ylim(len(names) - 0.5, -0.5)
+        ax.set_title(c.statement, fontsize=FONT - 1, wrap=True)
+        unit = "PSNR difference (dB)" if c.key == "psnr" else "equivariance error difference"
+        ax.set_xlabel(unit, fontsize=FONT - 1)
+        ax.grid(alpha=0.3, axis="x")
+        ax.tick_params(labelsize=FONT - 2)
+    handles = [
+        plt.Line2D([], [], color=v, marker="o", lw=2.5, label=k) for k, v in VERDICT_COLOURS.items()
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=FONT - 1, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+def claims_null_space(rows: list[dict], facts: dict, gaps: dict, path) -> Path | None:
+    r"""Why EI helps where it helps: left, EI's gain over MC alone (PSNR, 95 % interval) against
+    the null-space fraction of each configuration's test images; right, the gain on the validation
+    images against the training step (mean over the seeds).
+
+    :param list rows: rows of :func:`deepinv_deq.experiments.claims.judge`.
+    :param dict facts: configuration -> :func:`deepinv_deq.experiments.claims.facts`.
+    :param dict gaps: configuration -> :func:`deepinv_deq.experiments.claims.validation_gap`.
+    :param str path: image file to write (``.png``).
+    :return: the path written, or ``None`` without an EI-vs-MC row.
+    """
+    mine = [r for r in rows if r["claim"] == "ei_vs_mc" and r["configuration"] in facts]
+    if not mine:
+        return None
+    plt = _pyplot()
+    colours = plt.get_cmap("tab10").colors
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for k, r in enumerate(mine):
+        n = r["configuration"]
+        x, colour = facts[n]["null_space_mean"], colours[k % len(colours)]
+        if r["lo"] == r["lo"]:
+            left.plot([x, x], [r["lo"], r["hi"]], color=colour, lw=2.5)
+        left.plot([x], [r["mean"]], "o", color=colour, ms=7, label=n)
+        g = gaps.get(n)
+        if g:
+            right.plot(g["step"], g["gap"], color=colour, lw=1.8, label=n)
+    for ax in (left, right):
+        ax.axhline(0, color="black", ls="--", lw=1)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=FONT - 1)
+    left.set_xlabel("null-space fraction of the test images", fontsize=FONT)
+    left.set_ylabel("EI-DEQ - MC-only DEQ, test PSNR (dB)", fontsize=FONT)
+    right.set_xlabel("training step", fontsize=FONT)
+    right.set_ylabel("EI - MC-only, validation PSNR (dB)", fontsize=FONT)
+    return _save_with_legend(fig, left, path, 0.85)

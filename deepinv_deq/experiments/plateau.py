@@ -25,9 +25,21 @@ from .._validation import check_float
 GROWTH = 0.5
 
 
+def flattened(history: dict, fraction: float = 0.2) -> float | None:
+    r"""Change of the validation PSNR over the last ``fraction`` of the steps (last value minus
+    the value at the start of that window); ``None`` with fewer than two points."""
+    steps, values = history.get("val_step", []), history.get("val_psnr", [])
+    if len(values) < 2:
+        return None
+    start = steps[-1] * (1 - fraction)
+    before = [v for s, v in zip(steps[:-1], values[:-1], strict=True) if s <= start]
+    reference = before[-1] if before else values[0]
+    return values[-1] - reference
+
+
 def plateau_reached(history: dict, db: float = 0.05, fraction: float = 0.2) -> bool:
     r"""Whether the validation PSNR of ``history`` gained less than ``db`` over the last
-    ``fraction`` of the steps (:func:`~deepinv_deq.experiments.training.flattened`); ``False`` with
+    ``fraction`` of the steps (:func:`flattened`); ``False`` with
     fewer than two validation points.
 
     :param dict history: a training history (``val_step``, ``val_psnr``).
@@ -44,8 +56,6 @@ def plateau_reached(history: dict, db: float = 0.05, fraction: float = 0.2) -> b
     >>> plateau_reached({"val_step": [10, 20, 30, 40, 50], "val_psnr": [20, 25, 27, 28, 28.5]})
     False
     """
-    from .training import flattened
-
     db = check_float("plateau_reached", "db", db, 0.0, strict_min=True)
     fraction = check_float("plateau_reached", "fraction", fraction, 0.0, 1.0, strict_min=True)
     change = flattened(history, fraction)
@@ -77,8 +87,6 @@ def train_to_plateau(train, model, physics, losses, dataset, cfg, folder, seed, 
         raise ValueError(
             "train_to_plateau: the plateau budget needs validation batches (n_val >= 1)."
         )
-    from .training import flattened
-
     kwargs.pop("epochs", None)
     fixed = dataclasses.replace(cfg, budget="fixed")
     cap = cfg.epoch_cap()

@@ -241,18 +241,6 @@ def write_tables(
     return paths
 
 
-def figure(results: list[dict], out, task: str, path, reference=None) -> Path:
-    r"""Reconstructions of the first test image by every run of ``task`` with their error maps
-    (see :func:`deepinv_deq.experiments.figures.reconstructions`), and next to it
-    ``curves_<task>.png``, the training curves of the trained runs
-    (:func:`deepinv_deq.experiments.figures.training_curves`), when there are any."""
-    from .figures import reconstructions, training_curves
-
-    path = reconstructions(results, out, task, path, reference=reference)
-    training_curves(results, out, task, Path(path).with_name(f"curves_{task}.png"))
-    return path
-
-
 def rst(results: list[dict]) -> str:
     r"""The comparison table as a reStructuredText ``list-table`` (for the documentation), then the
     paired differences."""

@@ -36,7 +36,8 @@ from .configs import ExperimentConfig, FIXED, SOLVED, check_run
 from .results import percent
 from .methods import build_denoiser, build_losses, build_model
 from .tasks import build_physics
-from .training import SolveCounter, flattened, train, validation_psnr
+from .plateau import flattened
+from .training import SolveCounter, train, validation_psnr
 from ..data import load_dataset
 
 N_SAMPLES = 2  # test images whose reconstructions are kept for the figures

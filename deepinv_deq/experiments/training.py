@@ -343,15 +343,3 @@ def _stretch_cosine(scheduler, optimizer, total_steps: int) -> None:
         eta = scheduler.eta_min
         group["lr"] = eta + (base - eta) * (1 + math.cos(math.pi * t / total_steps)) / 2
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-
-
-def flattened(history: dict, fraction: float = 0.2) -> float | None:
-    r"""Change of the validation PSNR over the last ``fraction`` of the steps (last value minus
-    the value at the start of that window); ``None`` with fewer than two points."""
-    steps, values = history.get("val_step", []), history.get("val_psnr", [])
-    if len(values) < 2:
-        return None
-    start = steps[-1] * (1 - fraction)
-    before = [v for s, v in zip(steps[:-1], values[:-1], strict=True) if s <= start]
-    reference = before[-1] if before else values[0]
-    return values[-1] - reference

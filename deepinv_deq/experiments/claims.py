@@ -1,0 +1,354 @@
+r"""The paper's claims across configurations: which runs measure them, how each is judged, tables.
+
+Each claim of the paper is a paired difference between two runs of one configuration
+(:data:`~deepinv_deq.experiments.configurations.CONFIGURATIONS`), over the training seeds they
+share, with a 95 % Student-t interval (:func:`~deepinv_deq.experiments.results.paired_difference`):
+
+.. math::
+
+    d_s = q(\text{run } a, \text{seed } s) - q(\text{run } b, \text{seed } s),\qquad
+    \bar d \pm t_{0.975, n-1}\, \mathrm{sd}(d) / \sqrt{n},
+
+with :math:`q` the test PSNR (or the equivariance error). A claim *holds* on a configuration when
+the whole interval lies on its side of the claim's threshold, *fails* when the whole interval lies
+on the other side, and is *unresolved* otherwise (too few seeds, or a difference smaller than the
+seeds' spread).
+
+``deepinv-deq claims`` trains the runs of :data:`CLAIM_RUNS` on every configuration (resumable,
+each configuration in a folder of its own) and writes ``claims.md`` / ``.csv`` / ``.json`` and the
+figures (:func:`~deepinv_deq.experiments.figures.claims_forest`,
+:func:`~deepinv_deq.experiments.figures.claims_null_space`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .configurations import CONFIGURATIONS, configuration
+from .results import paired_difference, percent
+
+#: the (method, regime) runs trained and evaluated on every configuration
+CLAIM_RUNS = (
+    ("deq", "ei"),
+    ("deq-jfb", "ei"),
+    ("deq", "sup"),
+    ("deq", "mc"),
+    ("unrolled", "ei"),
+    ("unet", "ei"),
+    ("pnp", "none"),
+    ("red", "none"),
+    ("pinv", "none"),
+)
+VERDICTS = ("holds", "unresolved", "fails")
+
+
+@dataclass(frozen=True)
+class Claim:
+    r"""One claim: ``a - b`` of ``key`` lies above ``threshold`` (``sign=+1``) or below it
+    (``sign=-1``).
+
+    :param str name: short identifier (a column of the tables).
+    :param str statement: the claim in words.
+    :param tuple a: the run ``(method, regime)`` the claim is about.
+    :param tuple b: the run it is compared with.
+    :param str key: ``"psnr"`` (dB) or ``"equivariance"`` (equivariance error).
+    :param float threshold: the margin of the claim.
+    :param int sign: ``+1``: the difference must exceed ``threshold``; ``-1``: stay below it.
+    """
+
+    name: str
+    statement: str
+    a: tuple
+    b: tuple
+    key: str = "psnr"
+    threshold: float = 0.0
+    sign: int = 1
+
+    def verdict(self, d: dict | None) -> str:
+        r"""``"holds"``, ``"fails"`` or ``"unresolved"`` for the paired difference ``d``."""
+        if d is None or d["n"] < 2 or math.isnan(d["lo"]):
+            return "unresolved"
+        lo, hi = (d["lo"], d["hi"]) if self.sign > 0 else (-d["hi"], -d["lo"])
+        t = self.sign * self.threshold
+        return "holds" if lo > t else "fails" if hi < t else "unresolved"
+
+
+#: the paper's claims, in the order of the tables and the figure
+CLAIMS = (
+    Claim(
+        "id_vs_jfb", "EI-DEQ: implicit differentiation beats JFB", ("deq", "ei"), ("deq-jfb", "ei")
+    ),
+    Claim(
+        "ei_vs_sup",
+        "EI-DEQ within 1 dB of the supervised DEQ",
+        ("deq", "ei"),
+        ("deq", "sup"),
+        threshold=-1.0,
+    ),
+    Claim("ei_vs_mc", "EI beats measurement consistency alone", ("deq", "ei"), ("deq", "mc")),
+    Claim("deq_vs_unrolled", "EI-DEQ beats EI unrolling", ("deq", "ei"), ("unrolled", "ei")),
+    Claim("deq_vs_unet", "EI-DEQ beats the EI U-Net", ("deq", "ei"), ("unet", "ei")),
+    Claim("deq_vs_pnp", "EI-DEQ beats PnP", ("deq", "ei"), ("pnp", "none")),
+    Claim("deq_vs_red", "EI-DEQ beats RED", ("deq", "ei"), ("red", "none")),
+    Claim(
+        "equivariance",
+        "EI-DEQ is more equivariant than the supervised DEQ",
+        ("deq", "ei"),
+        ("deq", "sup"),
+        key="equivariance",
+        sign=-1,
+    ),
+)
+
+
+def judge(results: dict[str, list[dict]]) -> list[dict]:
+    r"""Every claim of :data:`CLAIMS` on every configuration of ``results``.
+
+    :param dict results: configuration name -> the results of its runs
+        (:func:`~deepinv_deq.experiments.runner.run`).
+    :return: one row per (configuration, claim): the paired difference (``mean``, ``lo``, ``hi``,
+        ``n``, per-seed ``diffs``), the ``verdict``, and the forward converged fraction of both
+        runs (``fwd_a``, ``fwd_b``; ``None`` for a method without a solver). Claims whose runs are
+        missing are left out.
+    """
+    rows = []
+    for name, runs in results.items():
+        by = {(r["method"], r["regime"]): r for r in runs}
+        for claim in CLAIMS:
+            if claim.a not in by or claim.b not in by:
+                continue
+            a, b = by[claim.a], by[claim.b]
+            d = paired_difference(a, b, claim.key)
+            rows.append(
+                dict(
+                    configuration=name,
+                    claim=claim.name,
+                    key=claim.key,
+                    verdict=claim.verdict(d),
+                    fwd_a=a.get("fwd_converged"),
+                    fwd_b=b.get("fwd_converged"),
+                    **(d or dict(diffs=[], mean=math.nan, lo=math.nan, hi=math.nan, n=0)),
+                )
+            )
+    return rows
+
+
+def _number(value: float, key: str) -> str:
+    return (
+        "n/a" if value is None or math.isnan(value) else f"{value:+.{2 if key == 'psnr' else 4}f}"
+    )
+
+
+def _converged(row: dict) -> str:
+    parts = [percent(v) for v in (row["fwd_a"], row["fwd_b"]) if v is not None]
+    return " / ".join(parts) if parts else "-"
+
+
+def markdown(rows: list[dict], facts: dict | None = None) -> str:
+    r"""The claims in Markdown: a verdict matrix (claims x configurations), then one row per
+    (configuration, claim) with the mean paired difference, its 95 % interval, the seeds and the
+    forward converged fractions of both runs; and the configurations' facts when given."""
+    claims = {c.name: c for c in CLAIMS}
+    names = list(dict.fromkeys(r["configuration"] for r in rows))
+    cell = {(r["configuration"], r["claim"]): r["verdict"] for r in rows}
+    lines = ["| claim | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for c in CLAIMS:
+        if any((n, c.name) in cell for n in names):
+            lines.append(
+                f"| {c.statement} | " + " | ".join(cell.get((n, c.name), "-") for n in names) + " |"
+            )
+    lines += [
+        "",
+        "| configuration | claim | a - b | mean | 95% interval | seeds | verdict "
+        "| fwd converged (a / b) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c = claims[r["claim"]]
+        unit = "dB" if c.key == "psnr" else "equivariance error"
+        ci = f"[{_number(r['lo'], c.key)}, {_number(r['hi'], c.key)}]"
+        lines.append(
+            f"| {r['configuration']} | {c.statement} | {'/'.join(c.a)} - {'/'.join(c.b)} ({unit}) "
+            f"| {_number(r['mean'], c.key)} | {ci} | {r['n']} | {r['verdict']} | {_converged(r)} |"
+        )
+    if facts:
+        lines += [
+            "",
+            "| configuration | task | settings | null-space fraction of the test images |",
+        ]
+        lines.append("|---|---|---|---|")
+        for n in names:
+            f = facts.get(n)
+            if f:
+                lines.append(
+                    f"| {n} | {f['task']} | {f['settings']} | "
+                    f"{f['null_space_mean']:.3f} ± {f['null_space_std']:.3f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: list[dict], out, facts: dict | None = None, name: str = "claims") -> dict:
+    r"""Write ``name.md``, ``name.csv`` and ``name.json`` into ``out``.
+
+    :return: the paths written, by format.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out / f"{name}.{ext}" for ext in ("md", "csv", "json")}
+    paths["md"].write_text(markdown(rows, facts))
+    fields = ["configuration", "claim", "key", "mean", "lo", "hi", "n", "verdict", "fwd_a", "fwd_b"]
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    claims = [dict(c.__dict__) for c in CLAIMS]
+    paths["json"].write_text(
+        json.dumps(dict(claims=claims, rows=rows, facts=facts or {}), indent=1)
+    )
+    return paths
+
+
+def settings(name: str, cfg=None) -> str:
+    r"""The settings of configuration ``name`` in words (e.g. ``"32x32, 12 views, ..."``).
+
+    :param str name: a configuration.
+    :param ExperimentConfig cfg: its settings (default: those of ``name``).
+    """
+    task, own = configuration(name)
+    cfg = cfg or own
+    n = cfg.size_of(task)
+    what = {
+        "ct": f"{cfg.views} views, noise {cfg.ct_noise}",
+        "mri": f"{cfg.acceleration}x, noise {cfg.mri_noise}, {cfg.mri_data}",
+        "deblur": f"blur sigma {cfg.blur_sigma} px, noise {cfg.blur_noise}",
+    }[task]
+    return f"{n}x{n}, {what}, {cfg.depth}x{cfg.width} denoiser"
+
+
+def facts(name: str, cfg=None) -> dict:
+    r"""What characterises configuration ``name`` beyond its settings: the fraction of each test
+    image's energy in the null space of :math:`A`
+    (:func:`~deepinv_deq.experiments.configurations.null_space_fraction`; for deblurring, whose
+    operator is invertible but ill-conditioned, the part its Tikhonov inverse does not recover).
+
+    :param str name: a configuration.
+    :param ExperimentConfig cfg: its settings (default: those of ``name``).
+    :return: ``dict(task, settings, null_space_mean, null_space_std)``.
+    """
+    import torch
+
+    from .configurations import null_space_fraction
+    from .runner import held_out_measurements
+    from .tasks import build_physics, pseudo_inverse
+
+    task, own = configuration(name)
+    cfg = cfg or own
+    physics = build_physics(task, cfg)
+    pinv = None
+    if task == "deblur":
+        wiener = pseudo_inverse(task)
+        pinv = lambda y: wiener(y, physics)  # noqa: E731
+    x = torch.cat([x for x, _ in held_out_measurements(task, cfg)])
+    frac = null_space_fraction(physics, x, pinv=pinv).double()
+    return dict(
+        task=task,
+        settings=settings(name, cfg),
+        null_space_mean=float(frac.mean()),
+        null_space_std=float(frac.std()) if len(frac) > 1 else 0.0,
+    )
+
+
+def validation_gap(folder, task: str, a=("deq", "ei"), b=("deq", "mc")) -> dict | None:
+    r"""Validation PSNR of run ``a`` minus run ``b`` against the training step, averaged over the
+    seeds both have (their shared steps): how a gain grows with training length.
+
+    :param str folder: the configuration's output folder.
+    :return: ``dict(step, gap)`` or ``None`` if a run has no history.
+    """
+    from .runner import run_dir
+
+    def curves(run):
+        found = {}
+        for p in sorted(run_dir(Path(folder), task, *run).glob("seed_*/history.json")):
+            h = json.loads(p.read_text())
+            found[p.parent.name] = dict(zip(h["val_step"], h["val_psnr"], strict=False))
+        return found
+
+    ca, cb = curves(a), curves(b)
+    seeds = [s for s in ca if s in cb]
+    if not seeds:
+        return None
+    steps = sorted(set.intersection(*(set(ca[s]) & set(cb[s]) for s in seeds)))
+    gap = [sum(ca[s][k] - cb[s][k] for s in seeds) / len(seeds) for k in steps]
+    return dict(step=steps, gap=gap)
+
+
+def names_of(value: str | None) -> list[str]:
+    r"""Configuration names from a comma-separated list (``None`` or ``"all"``: every one)."""
+    from .configs import parse_list
+
+    return parse_list("configurations", value, CONFIGURATIONS)
+
+
+#: settings of a configuration that the ``tiny`` size keeps (the others come from the preset)
+_KEPT_BY_TINY = ("views", "acceleration", "blur_sigma")
+
+
+def configuration_settings(name: str, size: str | None = None, **overrides):
+    r"""Task and settings of configuration ``name``; ``size="tiny"`` shrinks it to the ``tiny``
+    preset (keeping its view count, acceleration or blur; generated images, a fixed budget), for
+    a check of the whole pipeline in seconds.
+
+    :param str name: a configuration.
+    :param str size: ``None`` (the configuration as defined) or ``"tiny"``.
+    :return: ``(task, ExperimentConfig)``.
+    :raises ValueError: for an unknown configuration or size.
+    """
+    from .._validation import check_choice
+    from .configs import ExperimentConfig
+
+    if size is None:
+        return configuration(name, **overrides)
+    check_choice("claims", "size", size, ("tiny",))
+    task, preset, own = CONFIGURATIONS[
+        check_choice("claims", "configuration", name, CONFIGURATIONS)
+    ]
+    kept = {k: v for k, v in own.items() if k in _KEPT_BY_TINY}
+    return task, ExperimentConfig.from_preset("tiny", **{**kept, **overrides})
+
+
+def measure(
+    names, out, size: str | None = None, jobs: int = 1, progress=True, log=print, **overrides
+) -> dict:
+    r"""Train (resumably) and evaluate the runs of :data:`CLAIM_RUNS` on each configuration, in
+    ``out/<name>``, and write each configuration's comparison table there (``results.md``...).
+
+    :param list names: configuration names.
+    :param str out: output folder.
+    :param str size: ``None`` or ``"tiny"`` (:func:`configuration_settings`).
+    :param int jobs: seeds trained at the same time (processes).
+    :param bool progress: print the training curves.
+    :param Callable log: where messages go.
+    :param overrides: settings applied to every configuration (e.g. ``device``).
+    :return: configuration name -> list of run results.
+    """
+    from .results import write_tables
+    from .runner import run, train_in_parallel
+
+    results = {}
+    for name in names:
+        task, cfg = configuration_settings(name, size, **overrides)
+        folder = Path(out) / name
+        runs = [(task, m, r) for m, r in CLAIM_RUNS]
+        if jobs > 1:
+            train_in_parallel(runs, cfg, folder, jobs, progress=progress, log=log)
+        results[name] = [
+            run(task, m, r, cfg, folder, progress=progress, log=log, label=f"{name}: {m} {r}")
+            for _, m, r in runs
+        ]
+        write_tables(results[name], folder, name="results", config=cfg.to_dict())
+    return results
