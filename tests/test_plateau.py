@@ -111,3 +111,18 @@ def test_tiny_run_records_the_plateau_flag(tmp_path):
     assert flag["reached"] or flag["epochs"] == 3
     history = json.loads(next(tmp_path.rglob("history.json")).read_text())
     assert history["plateau"] == flag
+
+
+def test_pnp_denoiser_trains_its_own_budget_under_the_plateau_rule(tmp_path):
+    # the Gaussian denoiser of PnP/RED has no reconstruction to validate: it trains for
+    # denoiser_epochs (this used to raise "the plateau budget needs validation batches")
+    from deepinv_deq.experiments.runner import run
+
+    cfg = ExperimentConfig.from_preset("tiny", budget="plateau", max_epochs=3, denoiser_epochs=2)
+    result = run("ct", "pnp", "none", cfg, tmp_path, progress=False, log=lambda *a: None)
+    assert result["psnr_mean"] > 0
+    import torch
+
+    for checkpoint in tmp_path.rglob("denoiser_*/last.pt"):
+        history = torch.load(checkpoint, weights_only=False)["history"]
+        assert history["epochs_done"] == 2 and "plateau" not in history

@@ -241,7 +241,9 @@ class ExperimentConfig:
         ``deblur``.
     :param str budget: ``"fixed"`` (``epochs`` epochs) or ``"plateau"``: from ``epochs`` on,
         training is extended (cosine schedule stretched) until the validation PSNR gains less
-        than ``plateau_db`` over the last ``plateau_fraction`` of the steps, or ``max_epochs``.
+        than ``plateau_db`` over the last ``plateau_fraction`` of the steps, or ``max_epochs``
+        (the methods trained end to end; the Gaussian denoisers of PnP and RED train for
+        ``denoiser_epochs`` under either rule).
     :param float plateau_db: the plateau threshold (dB).
     :param float plateau_fraction: the trailing fraction of the steps the gain is measured over.
     :param int max_epochs: cap of the plateau budget; ``0`` means ``4 * epochs``.

@@ -25,6 +25,7 @@ filtered and every solve of a DEQ is counted (:class:`~deepinv_deq.experiments.t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -182,12 +183,14 @@ def train_denoiser(
         cfg.data, task, cfg.n_train, cfg.size_of(task), cfg.seed, split=0, counts=_counts(cfg)
     )
     model = _DenoiserReconstructor(denoiser, sigma)
+    # the Gaussian denoiser trains for its own budget, denoiser_epochs, with either budget rule:
+    # the plateau rule watches a reconstruction's validation PSNR, which a denoiser has not
     train(
         model,
         physics,
         [dinv.loss.SupLoss()],
         data,
-        cfg,
+        dataclasses.replace(cfg, budget="fixed"),
         folder,
         _seed_for(cfg, task, "denoiser"),
         cfg.denoiser_epochs,
