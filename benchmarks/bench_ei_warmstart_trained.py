@@ -21,7 +21,7 @@ import deepinv as dinv
 
 from deepinv_deq.experiments.configs import ExperimentConfig
 from deepinv_deq.experiments.methods import build_model
-from deepinv_deq.experiments.runner import held_out_measurements
+from deepinv_deq.experiments.evaluation import held_out_measurements
 from deepinv_deq.experiments.tasks import build_physics
 
 

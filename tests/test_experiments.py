@@ -16,7 +16,8 @@ from deepinv_deq.experiments.configs import METHODS, check_run, parse_list
 from deepinv_deq.experiments.methods import PseudoInverseNet, Unrolled, build_denoiser
 from deepinv_deq.experiments.figures import figure
 from deepinv_deq.experiments.results import markdown, rst, write_tables
-from deepinv_deq.experiments.runner import evaluate, magnitude, run_dir, held_out_measurements
+from deepinv_deq.experiments.evaluation import evaluate, held_out_measurements, magnitude
+from deepinv_deq.experiments.layout import run_dir
 from deepinv_deq.experiments.tasks import build_physics, pseudo_inverse
 from deepinv_deq.maps import PGDMap
 

@@ -12,16 +12,22 @@ Package map, one concept a module (an arrow is "imports"; there is no import cyc
 - :mod:`~deepinv_deq.experiments.training`: the training loop, checkpoints and solve counting
   (-> plateau).
 - :mod:`~deepinv_deq.experiments.plateau`: the plateau budget (how long a run trains).
-- :mod:`~deepinv_deq.experiments.runner`: one run: train each seed (resumable, in parallel),
-  evaluate, aggregate (-> methods, tasks, training, plateau, results).
+- :mod:`~deepinv_deq.experiments.seeds`: one stable seed and generator per purpose (fairness).
+- :mod:`~deepinv_deq.experiments.layout`: where a run lives, and whether its stored settings
+  match (resumption, ``--extend``).
+- :mod:`~deepinv_deq.experiments.evaluation`: held-out measurements, PSNR/SSIM, equivariance
+  error, the aggregation over seeds and the re-evaluation of stored weights (-> methods, tasks,
+  training, seeds).
+- :mod:`~deepinv_deq.experiments.runner`: one run: train each seed (resumable, in parallel), the
+  PnP/RED settings (-> evaluation, layout, methods, tasks, training, plateau, results, seeds).
 - :mod:`~deepinv_deq.experiments.results`: tables and paired differences (-> configs).
 - :mod:`~deepinv_deq.experiments.figures`: reconstructions, training curves and the claims'
-  figures (-> results, runner).
+  figures (-> results, layout).
 - :mod:`~deepinv_deq.experiments.claims`: the paper's claims, how each is judged, and their runs
-  on every configuration (-> configurations, results, runner, tasks).
+  on every configuration (-> configurations, results, runner, evaluation, layout, tasks).
 - :mod:`~deepinv_deq.experiments.cli`: the command line's parser and help (no torch), and
-  :mod:`~deepinv_deq.experiments.commands`: what each command does (-> runner, results, figures,
-  claims).
+  :mod:`~deepinv_deq.experiments.commands`: what each command does (-> runner, evaluation,
+  layout, results, figures, claims).
 
 The configuration names are imported at once (they need no torch, so ``deepinv-deq --help`` stays
 fast); the models and the runner are imported on first use.
@@ -38,7 +44,7 @@ _LAZY = {
     "build_model": "methods",
     "build_losses": "methods",
     "run": "runner",
-    "evaluate": "runner",
+    "evaluate": "evaluation",
 }
 
 __all__ = [

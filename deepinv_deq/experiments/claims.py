@@ -242,7 +242,7 @@ def facts(name: str, cfg=None) -> dict:
     import torch
 
     from .configurations import null_space_fraction
-    from .runner import held_out_measurements
+    from .evaluation import held_out_measurements
     from .tasks import build_physics, pseudo_inverse
 
     task, own = configuration(name)
@@ -269,7 +269,7 @@ def validation_gap(folder, task: str, a=("deq", "ei"), b=("deq", "mc")) -> dict 
     :param str folder: the configuration's output folder.
     :return: ``dict(step, gap)`` or ``None`` if a run has no history.
     """
-    from .runner import run_dir
+    from .layout import run_dir
 
     def curves(run):
         found = {}

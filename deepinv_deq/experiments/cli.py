@@ -513,7 +513,7 @@ def main(argv=None) -> int:
             sub.error(f"--out: cannot create '{out}' ({e.strerror or e})")
         commands.save_meta(out, cfg, argv)
         t0 = time.perf_counter()
-        from .runner import RunSettingsError
+        from .layout import RunSettingsError
 
         try:
             results = commands.train_runs(cfg, out, runs, progress, log, args)

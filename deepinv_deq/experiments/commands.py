@@ -183,7 +183,7 @@ def train_runs(cfg, out, runs, progress, log, args):
         if args.overwrite:  # start afresh here, then train the seeds in parallel
             import shutil
 
-            from .runner import run_dir
+            from .layout import run_dir
 
             for task, method, regime in runs:
                 shutil.rmtree(run_dir(Path(out), task, method, regime), ignore_errors=True)
@@ -207,7 +207,7 @@ def train_runs(cfg, out, runs, progress, log, args):
 def report(results, cfg, out: Path, name: str, log, say, figures: bool = True) -> None:
     from .figures import figure
     from .results import markdown, write_tables
-    from .runner import magnitude, held_out_measurements
+    from .evaluation import held_out_measurements, magnitude
 
     paths = write_tables(results, out, name=name, config=cfg.to_dict())
     say("")
@@ -228,7 +228,7 @@ def report(results, cfg, out: Path, name: str, log, say, figures: bool = True) -
 
 def reevaluate_all(args, out: Path, log, say, error) -> int:
     from .results import markdown, write_tables
-    from .runner import reevaluate
+    from .evaluation import reevaluate
 
     # run folders only (<method> or <method>-<regime>), not the denoisers of PnP and RED
     # (denoiser_<sigma>), which hold a config.json too
@@ -257,7 +257,7 @@ def claims(args, out: Path, argv, progress, log, say, error) -> int:
 
     from . import claims as c
     from .figures import claims_forest, claims_null_space
-    from .runner import RunSettingsError
+    from .layout import RunSettingsError
 
     try:
         names = c.names_of(args.configurations)

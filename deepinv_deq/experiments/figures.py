@@ -84,7 +84,7 @@ def reconstructions(
     :return: the path written.
     """
     from .results import rows
-    from .runner import run_dir
+    from .layout import run_dir
 
     plt = _pyplot()
     panels = []
@@ -137,7 +137,7 @@ def reconstructions(
 
 
 def _histories(out, task, method, regime) -> list[dict]:
-    from .runner import run_dir
+    from .layout import run_dir
 
     folder = run_dir(out, task, method, regime)
     return [json.loads(p.read_text()) for p in sorted(folder.glob("seed_*/history.json"))]
