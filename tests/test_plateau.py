@@ -40,6 +40,8 @@ def _fake_train(curves):
 
     def train(model, physics, losses, dataset, cfg, folder, seed, epochs, **kwargs):
         assert cfg.budget == "fixed"
+        # every stage after the first is an extension, and says so
+        assert kwargs["extending"] is (epochs > 4)
         calls.append(epochs)
         values = [curves(e) for e in range(1, epochs + 1)]
         return dict(_history(values, every=1), epochs_done=epochs)
@@ -102,7 +104,12 @@ def test_tiny_run_records_the_plateau_flag(tmp_path):
     from deepinv_deq.experiments.runner import run
 
     cfg = ExperimentConfig.from_preset("tiny", budget="plateau", max_epochs=3)
-    result = run("ct", "deq", "sup", cfg, tmp_path, progress=False, log=lambda *a: None)
+    said = []
+    result = run("ct", "deq", "sup", cfg, tmp_path, progress=False, log=said.append)
+    # an extension is announced as such, never as the resumption of an interrupted run
+    assert not any("resuming" in m for m in said)
+    extended = result["per_seed"][0]["plateau"]["epochs"] > 1
+    assert extended == any("plateau budget: training on from epoch 1" in m for m in said)
     seed = result["per_seed"][0]
     flag = seed["plateau"]
     assert isinstance(flag["reached"], bool) and flag["cap"] == 3

@@ -97,7 +97,19 @@ def train_to_plateau(train, model, physics, losses, dataset, cfg, folder, seed, 
     while True:
         Path(folder).mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps({"epochs": epochs}))
-        history = train(model, physics, losses, dataset, fixed, folder, seed, epochs, **kwargs)
+        extending = epochs > cfg.epochs
+        history = train(
+            model,
+            physics,
+            losses,
+            dataset,
+            fixed,
+            folder,
+            seed,
+            epochs,
+            extending=extending,
+            **kwargs,
+        )
         reached = plateau_reached(history, cfg.plateau_db, cfg.plateau_fraction)
         if reached or epochs >= cap:
             break

@@ -168,6 +168,7 @@ def train(
     label: str = "",
     progress: bool = False,
     log=print,
+    extending: bool = False,
 ) -> dict:
     r"""Train ``model`` with Adam (learning rate ``cfg.lr``, decayed to a tenth along a cosine
     when ``cfg.lr_schedule == "cosine"``; gradient norm clipped at 1), resuming from
@@ -198,6 +199,8 @@ def train(
     :param SolveCounter counter: counter of DEQ solves (its phase is set here).
     :param str label: name shown in the progress messages.
     :param bool progress: print a line at each validation.
+    :param bool extending: this call extends a finished stage of the plateau budget (the message
+        says so, instead of announcing the resumption of an interrupted run).
     :param Callable log: where progress messages go.
     :return: the history: ``step``, ``loss`` (mean training loss since the previous validation),
         ``val_step``, ``val_psnr``, ``train_s`` (training time summed over resumes), ``steps``.
@@ -246,7 +249,10 @@ def train(
     if last.exists():
         state = _load_checkpoint(last)
         done = state["history"]["epochs_done"]
-        log(f"{label}: resuming from its checkpoint after epoch {done} of {epochs}")
+        if extending:
+            log(f"{label}: plateau budget: training on from epoch {done} to {epochs}")
+        else:
+            log(f"{label}: resuming from its checkpoint after epoch {done} of {epochs}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
