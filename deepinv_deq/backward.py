@@ -19,9 +19,8 @@ upstream gradient :math:`v = \partial \ell / \partial x^\star`:
   steps started at :math:`x^\star`.
 
 A new strategy is one subclass of :class:`BackwardStrategy` implementing :meth:`differentiate`,
-and one entry in :data:`BACKWARDS`.
-
-.. footbibliography::
+and one entry in :data:`BACKWARDS`. (The references are listed at the end of the page that
+shows this text, the API reference.)
 """
 
 from __future__ import annotations

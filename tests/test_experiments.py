@@ -410,3 +410,32 @@ def test_extension_follows_the_cosine_of_the_new_total():
         sched.step()
         assert opt.param_groups[0]["lr"] == pytest.approx(closed(t), rel=1e-9), t
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_psnr_and_equivariance_differences_get_a_table_each():
+    # one header, one unit: equivariance-error differences are not listed under "PSNR in dB"
+    def run(method, regime, psnr, eq):
+        per_seed = [dict(seed=s, equivariance=e) for s, e in enumerate(eq)]
+        return dict(
+            task="ct",
+            method=method,
+            regime=regime,
+            seeds=[0, 1],
+            psnr_seeds=psnr,
+            per_seed=per_seed,
+            psnr_mean=sum(psnr) / 2,
+            psnr_std=0.1,
+            ssim_mean=0.5,
+            ssim_std=0.01,
+            std_over="seeds",
+        )
+
+    results = [
+        run("deq", "ei", [28.0, 28.4], [0.01, 0.02]),
+        run("deq", "sup", [29.0, 29.1], [0.03, 0.05]),
+    ]
+    text = markdown(results)
+    psnr_table, eq_table = text.split("| task | paired difference (")[1:]
+    assert psnr_table.startswith("PSNR in dB)") and "equivariance error:" not in psnr_table
+    assert eq_table.startswith("equivariance error)") and "| -0.0250 |" in eq_table
+    assert rst(results).count("paired difference (") == 2

@@ -132,6 +132,19 @@ def comparisons(results: list[dict]) -> list[dict]:
     return out
 
 
+#: what each kind of paired difference measures (one table each: one header, one unit)
+QUANTITY = {"psnr": "PSNR in dB", "equivariance": "equivariance error"}
+
+
+def _by_quantity(comp: list[dict]) -> list[tuple[str, list[dict]]]:
+    # the comparisons grouped by the quantity they difference, PSNR first
+    return [
+        (k, [c for c in comp if c["key"] == k])
+        for k in QUANTITY
+        if any(c["key"] == k for c in comp)
+    ]
+
+
 def _interval(c: dict) -> tuple[str, str]:
     fmt = "{:+.2f}" if c.get("key", "psnr") == "psnr" else "{:+.4f}"
     ci = "-" if math.isnan(c["lo"]) else f"[{fmt.format(c['lo'])}, {fmt.format(c['hi'])}]"
@@ -202,11 +215,10 @@ def markdown(results: list[dict], title: str | None = None) -> str:
     lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in sorted(results, key=_order):
         lines.append("| " + " | ".join(_cells(r)) + " |")
-    comp = comparisons(results)
-    if comp:
+    for key, comp in _by_quantity(comparisons(results)):
         lines += [
             "",
-            "| task | paired difference (PSNR in dB) | mean | 95% interval | seeds |",
+            f"| task | paired difference ({QUANTITY[key]}) | mean | 95% interval | seeds |",
             "|---|---|---|---|---|",
         ]
         for c in comp:
@@ -252,15 +264,14 @@ def rst(results: list[dict]) -> str:
         lines.append(f"   * - {cells[0]}")
         # a lone "-" would start a bullet list inside the list-table: escape it
         lines += [f"     - {c}" if c != "-" else "     - \\-" for c in cells[1:]]
-    comp = comparisons(results)
-    if comp:
+    for key, comp in _by_quantity(comparisons(results)):
         lines += [
             "",
             ".. list-table::",
             "   :header-rows: 1",
             "",
             "   * - task",
-            "     - paired difference (PSNR in dB)",
+            f"     - paired difference ({QUANTITY[key]})",
             "     - mean",
             "     - 95% interval",
             "     - seeds",
