@@ -352,3 +352,52 @@ def measure(
         ]
         write_tables(results[name], folder, name="results", config=cfg.to_dict())
     return results
+
+
+def _list_table(caption: str, header: list[str], body: list[list[str]]) -> list[str]:
+    lines = [f".. list-table:: {caption}", "   :header-rows: 1", ""]
+    for row in [header, *body]:
+        # a lone "-" would start a bullet list inside the list-table: escape it
+        cells = [c if c != "-" else "\\-" for c in row]
+        lines.append(f"   * - {cells[0]}")
+        lines += [f"     - {c}" for c in cells[1:]]
+    return lines + [""]
+
+
+def rst(rows: list[dict], facts: dict | None = None) -> str:
+    r"""The claims as reStructuredText list-tables (for the documentation): the verdict matrix,
+    then one table per claim (configuration, mean, 95 % interval, seeds, verdict, forward
+    converged fractions), then the configurations' facts."""
+    names = list(dict.fromkeys(r["configuration"] for r in rows))
+    cell = {(r["configuration"], r["claim"]): r for r in rows}
+    present = [c for c in CLAIMS if any((n, c.name) in cell for n in names)]
+    matrix = [
+        [c.statement]
+        + [cell[(n, c.name)]["verdict"] if (n, c.name) in cell else "-" for n in names]
+        for c in present
+    ]
+    lines = _list_table("Verdict of each claim on each configuration", ["claim", *names], matrix)
+    for c in present:
+        unit = "dB" if c.key == "psnr" else "equivariance error"
+        body = []
+        for n in names:
+            r = cell.get((n, c.name))
+            if r is None:
+                continue
+            ci = f"[{_number(r['lo'], c.key)}, {_number(r['hi'], c.key)}]"
+            body.append(
+                [n, _number(r["mean"], c.key), ci, str(r["n"]), r["verdict"], _converged(r)]
+            )
+        header = ["configuration", f"mean ({unit})", "95% interval", "seeds", "verdict"]
+        header.append("fwd converged (a / b)")
+        what = f"{c.statement}: {'/'.join(c.a)} - {'/'.join(c.b)}"
+        lines += _list_table(what, header, body)
+    if facts:
+        body = [
+            [n, facts[n]["task"], facts[n]["settings"], f"{facts[n]['null_space_mean']:.3f}"]
+            for n in names
+            if n in facts
+        ]
+        header = ["configuration", "task", "settings", "null-space fraction"]
+        lines += _list_table("The configurations", header, body)
+    return "\n".join(lines)
