@@ -112,7 +112,8 @@ def test_claims_command_tiny_writes_tables_figures_and_resumes(tmp_path, capsys)
         assert (tmp_path / name).stat().st_size > 0, name
         assert name in out  # listed as written
     for name in ("ct32-6v", "deblur32-s1"):
-        assert (tmp_path / name / "results.md").exists()
+        for written in ("results.md", "figure_training.png", "figure_methods.png"):
+            assert (tmp_path / name / written).stat().st_size > 0, written
     stored = json.loads((tmp_path / "claims.json").read_text())
     assert {r["configuration"] for r in stored["rows"]} == {"ct32-6v", "deblur32-s1"}
     assert len(stored["rows"]) == 2 * len(CLAIMS)

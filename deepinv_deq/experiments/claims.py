@@ -44,6 +44,18 @@ CLAIM_RUNS = (
     ("pinv", "none"),
 )
 VERDICTS = ("holds", "unresolved", "fails")
+#: the reconstruction figures of each configuration, one per question: name -> runs shown
+FIGURES = {
+    "training": (("deq", "ei"), ("deq-jfb", "ei"), ("deq", "mc"), ("deq", "sup")),
+    "methods": (
+        ("deq", "ei"),
+        ("unrolled", "ei"),
+        ("unet", "ei"),
+        ("pnp", "none"),
+        ("red", "none"),
+        ("pinv", "none"),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -325,7 +337,9 @@ def measure(
     names, out, size: str | None = None, jobs: int = 1, progress=True, log=print, **overrides
 ) -> dict:
     r"""Train (resumably) and evaluate the runs of :data:`CLAIM_RUNS` on each configuration, in
-    ``out/<name>``, and write each configuration's comparison table there (``results.md``...).
+    ``out/<name>``, and write each configuration's comparison table there (``results.md``...)
+    and its reconstruction figures, one per question (:data:`FIGURES`: ``figure_training.png``,
+    the training strategies; ``figure_methods.png``, EI-DEQ against the other methods).
 
     :param list names: configuration names.
     :param str out: output folder.
@@ -336,6 +350,8 @@ def measure(
     :param overrides: settings applied to every configuration (e.g. ``device``).
     :return: configuration name -> list of run results.
     """
+    from .evaluation import held_out_measurements, magnitude
+    from .figures import reconstructions
     from .results import write_tables
     from .runner import run, train_in_parallel
 
@@ -351,6 +367,17 @@ def measure(
             for _, m, r in runs
         ]
         write_tables(results[name], folder, name="results", config=cfg.to_dict())
+        reference = magnitude(held_out_measurements(task, cfg)[0][0])[0].cpu()
+        for question, shown in FIGURES.items():
+            reconstructions(
+                results[name],
+                folder,
+                task,
+                folder / f"figure_{question}.png",
+                reference=reference,
+                max_cols=len(shown) + 1,
+                runs=shown,
+            )
     return results
 
 

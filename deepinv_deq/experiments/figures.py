@@ -69,6 +69,7 @@ def reconstructions(
     reference=None,
     error_max: float = 0.2,
     max_cols: int = 5,
+    runs=None,
 ) -> Path:
     r"""Ground truth and the reconstruction of the first test image by every run of ``task``
     (top row, PSNR in the title, one grey scale from 0 to the ground truth's maximum), with the
@@ -81,6 +82,8 @@ def reconstructions(
     :param torch.Tensor reference: the ground-truth magnitude image, shape ``(1, H, W)``.
     :param float error_max: upper end of the error colour scale. Default: ``0.2``.
     :param int max_cols: panels per row; more runs wrap onto further rows. Default: ``5``.
+    :param list runs: the ``(method, regime)`` runs to show, in this order (default: every run
+        of ``task``, in table order): one figure per question.
     :return: the path written.
     """
     from .results import rows
@@ -88,7 +91,11 @@ def reconstructions(
 
     plt = _pyplot()
     panels = []
-    for r in rows([r for r in results if r["task"] == task]):
+    chosen = rows([r for r in results if r["task"] == task])
+    if runs is not None:
+        by = {(r["method"], r["regime"]): r for r in chosen}
+        chosen = [by[tuple(run)] for run in runs if tuple(run) in by]
+    for r in chosen:
         full = next(
             x
             for x in results
