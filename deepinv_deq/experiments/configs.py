@@ -171,14 +171,15 @@ PRESET_NOTES = {
     "gpu": "table: CT 128x128, 50 views, deq and deq-jfb in sup and ei (ID vs JFB vs supervised, "
     "3 seeds); sized for <= 8 min on one H200; time not measured",
     "scale": "CT 64x64 with 25 views (the paper's 50 at 128x128, scaled) and MRI 64x64 at 8x "
-    "(zero-filled PSNR 18.9 dB at 8x vs 20.1 dB at 4x on 16 phantoms: 8x kept, as the paper), "
-    'with mri_data="mni" n_train <= 80 (142 slices, gaps); every method and regime of cpu, '
-    "3 seeds, a "
-    "contractive depth-8 / width-32 denoiser, each trained run until its validation PSNR gains "
-    "< 0.05 dB over its last 20 % of steps (from 16 epochs, cap 64); at init the DEQ solves "
-    "converge (32/32 images, CT 14 and MRI 2 iterations); one EI-DEQ training step of 8 images "
-    "takes 3.7 s (CT) and 0.7-1.1 s (MRI) of CPU on one thread (supervised: 2.1 s and 0.4 s), "
-    "so ~30 min per CT EI seed at 16 epochs before any extension; total time not measured",
+    "(zero-filled PSNR 18.9 dB at 8x vs 20.1 dB at 4x on 16 phantoms: 8x kept, as the paper); "
+    "every method and regime of cpu, 3 seeds, a contractive depth-8 / width-32 denoiser, each "
+    "trained run until its validation PSNR gains < 0.05 dB over its last 20 % of steps (from 16 "
+    "epochs, cap 64); at initialisation the DEQ solves converge (32/32 images, CT 14 and MRI 2 "
+    "iterations) and one EI-DEQ training step of 8 images takes 3.7 s (CT) and 0.7-1.1 s (MRI) of "
+    "CPU on one thread (supervised: 2.1 s and 0.4 s), so ~30 min per CT EI seed at 16 epochs and "
+    "up to 4x that at the cap: the claims' configuration ct64-25v runs it in parts; total time "
+    "not measured. The MNI slices (--mri-data mni) are 142: training, validation and test images "
+    "plus gaps of 5 slices must fit (e.g. --n-train 64 --n-val 16 --n-test 32)",
     "paper": "paper-like settings (GPU: 128x128, 2000 images, 100 epochs, tol 1e-4, contractive "
     "init); time not measured",
 }
