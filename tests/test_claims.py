@@ -141,3 +141,13 @@ def test_null_space_fraction_is_zero_for_the_identity():
     assert null_space_fraction(dinv.physics.Denoising(), x) == pytest.approx(
         torch.zeros(2), abs=1e-6
     )
+
+
+def test_gain_correlation_follows_the_null_space():
+    ei = dict(method="deq", regime="ei", psnr=[20.0, 21.0, 23.0, 26.0])
+    mc = dict(method="deq", regime="mc", psnr=[20.0, 20.0, 20.0, 20.0])
+    fact = dict(null_space=[0.1, 0.2, 0.4, 0.7])  # gains 0, 1, 3, 6: exactly linear
+    assert claims.gain_correlation([ei, mc], fact) == pytest.approx(1.0)
+    flipped = dict(null_space=[0.7, 0.6, 0.4, 0.1])  # 0.7 - gain / 10
+    assert claims.gain_correlation([ei, mc], flipped) == pytest.approx(-1.0)
+    assert claims.gain_correlation([ei], fact) is None

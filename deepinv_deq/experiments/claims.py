@@ -155,6 +155,11 @@ def _number(value: float, key: str) -> str:
     )
 
 
+def _correlation(fact: dict) -> str:
+    r = fact.get("gain_correlation")
+    return "-" if r is None else f"{r:+.2f}"
+
+
 def _converged(row: dict) -> str:
     parts = [percent(v) for v in (row["fwd_a"], row["fwd_b"]) if v is not None]
     return " / ".join(parts) if parts else "-"
@@ -190,15 +195,17 @@ def markdown(rows: list[dict], facts: dict | None = None) -> str:
     if facts:
         lines += [
             "",
-            "| configuration | task | settings | null-space fraction of the test images |",
+            "| configuration | task | settings | null-space fraction of the test images "
+            "| correlation of EI's per-image gain over MC with it |",
+            "|---|---|---|---|---|",
         ]
-        lines.append("|---|---|---|---|")
         for n in names:
             f = facts.get(n)
             if f:
                 lines.append(
                     f"| {n} | {f['task']} | {f['settings']} | "
-                    f"{f['null_space_mean']:.3f} ± {f['null_space_std']:.3f} |"
+                    f"{f['null_space_mean']:.3f} ± {f['null_space_std']:.3f} | "
+                    f"{_correlation(f)} |"
                 )
     return "\n".join(lines) + "\n"
 
@@ -271,7 +278,31 @@ def facts(name: str, cfg=None) -> dict:
         settings=settings(name, cfg),
         null_space_mean=float(frac.mean()),
         null_space_std=float(frac.std()) if len(frac) > 1 else 0.0,
+        null_space=frac.tolist(),
     )
+
+
+def gain_correlation(
+    runs: list[dict], fact: dict, a=("deq", "ei"), b=("deq", "mc")
+) -> float | None:
+    r"""Pearson correlation, over the test images, between the gain of run ``a`` over run ``b``
+    (per-image PSNR averaged over the seeds) and the image's null-space fraction: does EI help
+    most where the measurements see least?
+
+    :param list runs: the results of one configuration.
+    :param dict fact: its :func:`facts`.
+    :return: the correlation, or ``None`` if a run is missing or there are fewer than 3 images.
+    """
+    by = {(r["method"], r["regime"]): r for r in runs}
+    if a not in by or b not in by or len(fact.get("null_space", [])) < 3:
+        return None
+    gain = [p - q for p, q in zip(by[a]["psnr"], by[b]["psnr"], strict=True)]
+    frac = fact["null_space"]
+    n = len(gain)
+    mg, mf = sum(gain) / n, sum(frac) / n
+    cov = sum((g - mg) * (f - mf) for g, f in zip(gain, frac, strict=True))
+    var = math.sqrt(sum((g - mg) ** 2 for g in gain) * sum((f - mf) ** 2 for f in frac))
+    return cov / var if var > 0 else None
 
 
 def validation_gap(folder, task: str, a=("deq", "ei"), b=("deq", "mc")) -> dict | None:
@@ -421,10 +452,17 @@ def rst(rows: list[dict], facts: dict | None = None) -> str:
         lines += _list_table(what, header, body)
     if facts:
         body = [
-            [n, facts[n]["task"], facts[n]["settings"], f"{facts[n]['null_space_mean']:.3f}"]
+            [
+                n,
+                facts[n]["task"],
+                facts[n]["settings"],
+                f"{facts[n]['null_space_mean']:.3f} ± {facts[n]['null_space_std']:.3f}",
+                _correlation(facts[n]),
+            ]
             for n in names
             if n in facts
         ]
         header = ["configuration", "task", "settings", "null-space fraction"]
+        header.append("correlation of EI's per-image gain over MC with it")
         lines += _list_table("The configurations", header, body)
     return "\n".join(lines)
