@@ -211,14 +211,16 @@ def markdown(rows: list[dict], facts: dict | None = None) -> str:
 
 
 def write(rows: list[dict], out, facts: dict | None = None, name: str = "claims") -> dict:
-    r"""Write ``name.md``, ``name.csv`` and ``name.json`` into ``out``.
+    r"""Write ``name.md``, ``name.csv``, ``name.json`` and ``name.rst`` (the tables for a
+    documentation page, :func:`rst`) into ``out``.
 
     :return: the paths written, by format.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {ext: out / f"{name}.{ext}" for ext in ("md", "csv", "json")}
+    paths = {ext: out / f"{name}.{ext}" for ext in ("md", "csv", "json", "rst")}
     paths["md"].write_text(markdown(rows, facts))
+    paths["rst"].write_text(rst(rows, facts))
     fields = ["configuration", "claim", "key", "mean", "lo", "hi", "n", "verdict", "fwd_a", "fwd_b"]
     with open(paths["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
