@@ -67,6 +67,8 @@ exclude_patterns = [
     ".DS_Store",
     "auto_examples/*.ipynb",
     "**.ipynb_checkpoints",
+    # result files (claims.rst is included by results.rst, not a page of its own)
+    "_static",
 ]
 source_suffix = {".rst": "restructuredtext"}
 root_doc = "index"
