@@ -115,6 +115,14 @@ def test_claims_command_tiny_writes_tables_figures_and_resumes(tmp_path, capsys)
     for name in ("ct32-6v", "deblur32-s1"):
         for written in ("results.md", "figure_training.png", "figure_methods.png"):
             assert (tmp_path / name / written).stat().st_size > 0, written
+    # the CT configuration's models on real CT slices, when the [realdata] extra is installed
+    try:
+        import pydicom  # noqa: F401
+
+        assert (tmp_path / "ct32-6v" / "figure_real_ct.png").stat().st_size > 0
+    except ImportError:
+        assert "ct32-6v: no real-CT figure" in out
+    assert not (tmp_path / "deblur32-s1" / "figure_real_ct.png").exists()
     stored = json.loads((tmp_path / "claims.json").read_text())
     assert {r["configuration"] for r in stored["rows"]} == {"ct32-6v", "deblur32-s1"}
     assert len(stored["rows"]) == 2 * len(CLAIMS)

@@ -62,3 +62,24 @@ def test_tiny_mri_run_on_the_template(tmp_path):
         "mri", "pinv", None, ExperimentConfig.from_preset("tiny"), tmp_path / "p", **quiet
     )
     assert len(mni["psnr"]) == cfg.n_test and mni["psnr"] != phantoms["psnr"]
+
+
+def test_real_ct_reconstructions_of_finished_runs(tmp_path):
+    pytest.importorskip("pydicom")
+    pytest.importorskip("data_store")  # pydicom-data
+    import math
+
+    from deepinv_deq.experiments.configs import ExperimentConfig
+    from deepinv_deq.experiments.evaluation import real_ct_reconstructions
+    from deepinv_deq.experiments.runner import run
+
+    cfg = ExperimentConfig.from_preset("tiny")
+    for method, regime in (("deq", "ei"), ("pinv", "none")):
+        run("ct", method, regime, cfg, tmp_path, progress=False, log=lambda *a: None)
+    runs = (("deq", "ei"), ("deq", "sup"), ("pinv", "none"))  # deq sup never ran: left out
+    x, panels = real_ct_reconstructions(tmp_path, cfg, runs)
+    assert x.shape == (4, 1, 16, 16)
+    assert [(m, r) for m, r, _, _ in panels] == [("deq", "ei"), ("pinv", "none")]
+    for _, _, x_hat, psnr in panels:
+        assert x_hat.shape == x.shape and len(psnr) == 4
+        assert all(math.isfinite(p) and p > 5 for p in psnr)

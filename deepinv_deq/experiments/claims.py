@@ -56,6 +56,8 @@ FIGURES = {
         ("pinv", "none"),
     ),
 }
+#: the runs of each CT configuration shown on the real CT slices (``figure_real_ct.png``)
+REAL_CT_RUNS = (("deq", "ei"), ("deq-jfb", "ei"), ("deq", "sup"), ("unet", "ei"), ("pinv", "none"))
 
 
 @dataclass(frozen=True)

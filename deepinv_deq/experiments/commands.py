@@ -298,8 +298,30 @@ def claims(args, out: Path, argv, progress, log, say, error) -> int:
     ):
         if path is not None:
             written.append(str(path))
+    written += _real_ct_figures(names, out, args, log)
     say("")
     say(c.markdown(rows, facts))
     say("written: " + ", ".join(written))
     log(f"total time {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _real_ct_figures(names, out: Path, args, log) -> list[str]:
+    # each CT configuration's models on the real CT slices (needs the [realdata] extra)
+    from . import claims as c
+    from .evaluation import real_ct_reconstructions
+    from .figures import real_ct
+
+    written = []
+    for name in names:
+        task, cfg = c.configuration_settings(name, args.size, device=args.device)
+        if task != "ct":
+            continue
+        try:
+            x, panels = real_ct_reconstructions(out / name, cfg, c.REAL_CT_RUNS)
+        except ImportError as e:
+            log(f"{name}: no real-CT figure ({e})")
+            continue
+        title = f"{name}: models trained on phantoms, tested on real CT slices"
+        written.append(str(real_ct(x, panels, out / name / "figure_real_ct.png", title)))
+    return written

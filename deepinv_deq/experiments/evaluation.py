@@ -175,6 +175,59 @@ def aggregate(task: str, method: str, regime: str, per_seed: list[dict]) -> dict
     return out
 
 
+def _run_name(folder: Path) -> tuple[str, str, str]:
+    # (task, method, regime) of a run folder OUT/<task>/<method>[-<regime>]
+    name = folder.name
+    method, _, regime = (
+        name.rpartition("-")
+        if name.rsplit("-", 1)[-1] in ("sup", "ei", "mc")
+        else (name, "", "none")
+    )
+    return check_run(folder.parent.name, method, regime)
+
+
+def load_run(folder, cfg: ExperimentConfig | None = None, seed: int | None = None):
+    r"""The trained model of one seed of a finished run, as it was evaluated.
+
+    :param str folder: the run folder (``OUT/<task>/<method>[-<regime>]``).
+    :param ExperimentConfig cfg: settings; default those stored with the run.
+    :param int seed: the seed (default: the run's first).
+    :return: ``(model, seed_result)``: the model in evaluation mode on ``cfg.device``, and the
+        seed's stored result (``{}`` if none).
+    :raises FileNotFoundError: for a folder that is not a run, or a run not trained yet.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"'{folder}' is not a run folder (no config.json).")
+    cfg = cfg or ExperimentConfig(**json.loads((folder / "config.json").read_text()))
+    task, method, _ = _run_name(folder)
+    seed = cfg.seed if seed is None else seed
+    sub = folder / f"seed_{seed}"
+    seed_result = (
+        json.loads((sub / "result.json").read_text()) if (sub / "result.json").exists() else {}
+    )
+    denoiser = None
+    settings = dict(seed_result.get("settings") or {})
+    if "unrolled_iters" in seed_result:
+        settings["unrolled_iters"] = seed_result["unrolled_iters"]
+    if method in ("pnp", "red"):
+        if "sigma" not in settings:
+            raise FileNotFoundError(f"'{sub}': no chosen PnP/RED settings; run it first.")
+        denoiser = build_denoiser(task, cfg)
+        weights = folder.parent / f"denoiser_{settings.pop('sigma'):g}" / "model.pt"
+        denoiser.load_state_dict(torch.load(weights, map_location=cfg.device))
+    model = build_model(task, method, cfg, denoiser=denoiser, settings=settings)
+    if method not in FIXED:
+        weights = sub / "model.pt"
+        if not weights.exists():
+            raise FileNotFoundError(
+                f"'{folder}': no trained weights ({weights.name}); train the run first."
+            )
+        model.load_state_dict(torch.load(weights, map_location=cfg.device))
+    model.eval()
+    return model, seed_result
+
+
 def reevaluate(folder, cfg: ExperimentConfig | None = None, log=print) -> dict:
     r"""Evaluate the trained weights of a finished run again (``deepinv-deq eval``).
 
@@ -185,16 +238,8 @@ def reevaluate(folder, cfg: ExperimentConfig | None = None, log=print) -> dict:
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"'{folder}' is not a run folder (no config.json).")
-    stored = json.loads((folder / "config.json").read_text())
-    cfg = cfg or ExperimentConfig(**stored)
-    task = folder.parent.name
-    name = folder.name
-    method, _, regime = (
-        name.rpartition("-")
-        if name.rsplit("-", 1)[-1] in ("sup", "ei", "mc")
-        else (name, "", "none")
-    )
-    task, method, regime = check_run(task, method, regime)
+    cfg = cfg or ExperimentConfig(**json.loads((folder / "config.json").read_text()))
+    task, method, regime = _run_name(folder)
     physics = build_physics(task, cfg)
     test = held_out_measurements(task, cfg, split="test")
     old = (
@@ -205,28 +250,7 @@ def reevaluate(folder, cfg: ExperimentConfig | None = None, log=print) -> dict:
     per_seed = []
     seeds = [cfg.seed] if method in FIXED else cfg.seed_list()
     for seed in seeds:
-        sub = folder / f"seed_{seed}"
-        seed_result = (
-            json.loads((sub / "result.json").read_text()) if (sub / "result.json").exists() else {}
-        )
-        denoiser = None
-        settings = dict(seed_result.get("settings") or {})
-        if "unrolled_iters" in seed_result:
-            settings["unrolled_iters"] = seed_result["unrolled_iters"]
-        if method in ("pnp", "red"):
-            if "sigma" not in settings:
-                raise FileNotFoundError(f"'{sub}': no chosen PnP/RED settings; run it first.")
-            denoiser = build_denoiser(task, cfg)
-            weights = folder.parent / f"denoiser_{settings.pop('sigma'):g}" / "model.pt"
-            denoiser.load_state_dict(torch.load(weights, map_location=cfg.device))
-        model = build_model(task, method, cfg, denoiser=denoiser, settings=settings)
-        if method not in FIXED:
-            weights = sub / "model.pt"
-            if not weights.exists():
-                raise FileNotFoundError(
-                    f"'{folder}': no trained weights ({weights.name}); train the run first."
-                )
-            model.load_state_dict(torch.load(weights, map_location=cfg.device))
+        model, seed_result = load_run(folder, cfg, seed)
         counter = SolveCounter(model)
         result = evaluate(model, task, cfg, physics, test, counter=counter)
         result.pop("samples")
@@ -246,3 +270,38 @@ def reevaluate(folder, cfg: ExperimentConfig | None = None, log=print) -> dict:
 def split_counts(cfg: ExperimentConfig) -> tuple[int, int, int]:
     r"""Images of the training, test and validation splits (disjoint, drawn together)."""
     return (cfg.n_train, cfg.n_test, cfg.n_val)
+
+
+def real_ct_reconstructions(out, cfg: ExperimentConfig, runs) -> tuple[torch.Tensor, list]:
+    r"""Reconstructions of the real CT slices (:func:`deepinv_deq.data.real_ct_test_images`, the
+    ``[realdata]`` extra) by the first seed of each finished CT run of ``out``: a test of models
+    trained on phantoms on real anatomy (measurements with the task's operator and noise, the
+    noise drawn from a generator of its own).
+
+    :param str out: a folder holding the CT runs (``out/ct/<run>``).
+    :param ExperimentConfig cfg: the runs' settings.
+    :param list runs: ``(method, regime)`` pairs; unfinished ones are left out.
+    :return: ``(x, panels)``: the real images ``(4, 1, n, n)`` and one ``(method, regime, x_hat,
+        psnr)`` per run, ``psnr`` per image.
+    :raises ImportError: without the ``[realdata]`` extra.
+    """
+    import deepinv as dinv
+
+    from ..data import real_ct_test_images
+    from .layout import run_dir
+
+    x = real_ct_test_images(cfg.img_size).to(cfg.device)
+    physics = build_physics("ct", cfg, rng=generator(cfg, "ct", "real-ct-noise"))
+    with torch.no_grad():
+        y = physics(x)
+    psnr = dinv.metric.PSNR(max_pixel=1.0)
+    panels = []
+    for method, regime in runs:
+        folder = run_dir(out, "ct", method, regime)
+        if not (folder / "result.json").exists():
+            continue
+        model, _ = load_run(folder, cfg)
+        with torch.no_grad():
+            x_hat = model(y, physics).clamp(0, 1)
+        panels.append((method, regime, x_hat.cpu(), psnr(x_hat, x).flatten().tolist()))
+    return x.cpu(), panels

@@ -307,3 +307,34 @@ def claims_null_space(rows: list[dict], facts: dict, gaps: dict, path) -> Path |
     right.set_xlabel("training step", fontsize=FONT)
     right.set_ylabel("EI - MC-only, validation PSNR (dB)", fontsize=FONT)
     return _save_with_legend(fig, left, path, 0.85)
+
+
+def real_ct(x, panels, path, title: str = "") -> Path:
+    r"""Real CT slices (rows) reconstructed by each run (columns, PSNR in each title), the ground
+    truth first: :func:`deepinv_deq.experiments.evaluation.real_ct_reconstructions` drawn.
+
+    :param torch.Tensor x: the real images ``(N, 1, n, n)``.
+    :param list panels: ``(method, regime, x_hat, psnr)`` per run.
+    :param str path: image file to write (``.png``).
+    :param str title: the figure's title.
+    :return: the path written.
+    """
+    plt = _pyplot()
+    n, cols = x.shape[0], len(panels) + 1
+    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.7 * n + 0.6), squeeze=False)
+    for i in range(n):
+        shown = [("ground truth", x[i], None)]
+        shown += [(label(m, r, "ct"), xh[i], p[i]) for m, r, xh, p in panels]
+        for j, (name, img, value) in enumerate(shown):
+            ax = axes[i, j]
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(name if value is None else f"{name}\n{value:.2f} dB", fontsize=FONT - 2)
+    if title:
+        fig.suptitle(title, fontsize=FONT)
+    fig.tight_layout(h_pad=1.5)
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
