@@ -157,6 +157,12 @@ def _number(value: float, key: str) -> str:
     )
 
 
+def _seconds(fact: dict) -> str:
+    # training CPU time of every run of the configuration, summed over seeds (one thread each)
+    value = fact.get("train_cpu_s")
+    return "-" if value is None else f"{value:.0f}"
+
+
 def _correlation(fact: dict) -> str:
     r = fact.get("gain_correlation")
     return "-" if r is None else f"{r:+.2f}"
@@ -198,8 +204,8 @@ def markdown(rows: list[dict], facts: dict | None = None) -> str:
         lines += [
             "",
             "| configuration | task | settings | null-space fraction of the test images "
-            "| correlation of EI's per-image gain over MC with it |",
-            "|---|---|---|---|---|",
+            "| correlation of EI's per-image gain over MC with it | training CPU (s) |",
+            "|---|---|---|---|---|---|",
         ]
         for n in names:
             f = facts.get(n)
@@ -207,7 +213,7 @@ def markdown(rows: list[dict], facts: dict | None = None) -> str:
                 lines.append(
                     f"| {n} | {f['task']} | {f['settings']} | "
                     f"{f['null_space_mean']:.3f} ± {f['null_space_std']:.3f} | "
-                    f"{_correlation(f)} |"
+                    f"{_correlation(f)} | {_seconds(f)} |"
                 )
     return "\n".join(lines) + "\n"
 
@@ -462,11 +468,12 @@ def rst(rows: list[dict], facts: dict | None = None) -> str:
                 facts[n]["settings"],
                 f"{facts[n]['null_space_mean']:.3f} ± {facts[n]['null_space_std']:.3f}",
                 _correlation(facts[n]),
+                _seconds(facts[n]),
             ]
             for n in names
             if n in facts
         ]
         header = ["configuration", "task", "settings", "null-space fraction"]
-        header.append("correlation of EI's per-image gain over MC with it")
+        header += ["correlation of EI's per-image gain over MC with it", "training CPU (s)"]
         lines += _list_table("The configurations", header, body)
     return "\n".join(lines)

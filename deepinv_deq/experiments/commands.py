@@ -283,6 +283,7 @@ def claims(args, out: Path, argv, progress, log, say, error) -> int:
         task, cfg = c.configuration_settings(name, args.size, device=args.device)
         facts[name] = c.facts(name, cfg)
         facts[name]["gain_correlation"] = c.gain_correlation(results[name], facts[name])
+        facts[name]["train_cpu_s"] = sum(r.get("train_s") or 0.0 for r in results[name])
         gaps[name] = c.validation_gap(out / name, task)
     paths = c.write(rows, out, facts)
     (out / "claims_experiment.json").write_text(
