@@ -187,3 +187,18 @@ def test_gmres_respects_its_budget():
             lambda u: u @ M.T, b, torch.zeros_like(b)
         )
         assert res.stats.nfe <= max_iter
+
+
+def test_full_gmres_by_default_where_restarted_gmres_stagnates():
+    from deepinv_deq.solvers import GMRES
+
+    # M a rotation by 90 degrees: M r is orthogonal to r, so GMRES(1) never moves (a textbook
+    # stagnation); full GMRES, the default, solves it in two products
+    M = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    stalled = GMRES(max_iter=20, tol=1e-10, restart=1).solve(lambda u: u @ M.T, b)
+    assert stalled.stats.status_names() == ["MAX_ITER"]
+    full = GMRES(max_iter=20, tol=1e-10).solve(lambda u: u @ M.T, b)
+    assert GMRES().restart is None
+    assert full.stats.status_names() == ["CONVERGED"] and full.stats.nfe <= 3
+    assert torch.allclose(full.x @ M.T, b, atol=1e-10)

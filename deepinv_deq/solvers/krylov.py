@@ -45,9 +45,10 @@ def _safe_div(a: Tensor, d: Tensor, tiny: Tensor) -> Tensor:
 
 
 class GMRES(torch.nn.Module):
-    r"""Restarted GMRES for the non-symmetric linear system :math:`M u = b` (batched, per sample).
+    r"""GMRES for the non-symmetric linear system :math:`M u = b` (batched, per sample), full by
+    default, restarted on request.
 
-    At each restart cycle an orthonormal Krylov basis :math:`V_j` of
+    At each (restart) cycle an orthonormal Krylov basis :math:`V_j` of
     :math:`\{r, Mr, \dots, M^{j-1} r\}` is built by modified Gram–Schmidt, and the small
     least-squares problem :math:`\min_z \|\beta e_1 - \bar H_j z\|` is solved as in textbook
     GMRES :footcite:p:`saad1986gmres`: Givens rotations reduce the Hessenberg matrix
@@ -71,7 +72,13 @@ class GMRES(torch.nn.Module):
         Default: ``50``.
     :param float tol: relative residual tolerance :math:`\|b - Mu\| \le \text{tol}\,\|b\|`.
         Default: ``1e-5``.
-    :param int restart: Krylov dimension before a restart. Default: ``20``.
+    :param int restart: Krylov dimension before a restart; ``None`` (the default) never restarts
+        within ``max_iter`` products (full GMRES). Memory: one basis vector of the size of
+        :math:`b` per product of the cycle. Restarting saves that memory, but restarted GMRES can
+        stall on a nearly singular system: on the adjoint systems of three trained MC-only CT DEQs
+        (32x32, 6 views, 32 test images each, tolerance 1e-4, at most 100 products), full GMRES
+        reached the tolerance for 95 of the 96 images, with 34-84 products per batch, where
+        GMRES(20) reached it for 70, with 47-99. Default: ``None``.
 
     |sep|
 
@@ -93,11 +100,15 @@ class GMRES(torch.nn.Module):
     name = "gmres"
     _options = ("max_iter", "tol", "restart")
 
-    def __init__(self, max_iter: int = 50, tol: float = 1e-5, restart: int = 20, **unknown):
+    def __init__(
+        self, max_iter: int = 50, tol: float = 1e-5, restart: int | None = None, **unknown
+    ):
         super().__init__()
         reject_unknown(type(self).__name__, unknown, self._options)
         self.max_iter, self.tol = check_budget(type(self).__name__, max_iter, tol)
-        self.restart = check_int(type(self).__name__, "restart", restart, 1)
+        self.restart = (
+            None if restart is None else check_int(type(self).__name__, "restart", restart, 1)
+        )
 
     @torch.no_grad()
     def solve(
@@ -147,7 +158,8 @@ class GMRES(torch.nn.Module):
         # breakdown test compares a quantity with eps times the scale it comes from (the initial
         # residual with ||b||, a new Krylov direction with ||M v_j||, a pivot with the largest
         # entry of R), so that the solve does not depend on the scale of b.
-        B, m = x.shape[0], self.restart
+        # the cycle's length: at most the products left (a full GMRES is one cycle)
+        B, m = x.shape[0], min(self.restart or self.max_iter, max(1, self.max_iter - nmv))
         r = torch.where(bad[:, None], torch.zeros_like(r), r)
         beta = torch.where(bad, torch.zeros_like(res), res)
         V = [_safe_div(r, beta[:, None], tiny[:, None])]
