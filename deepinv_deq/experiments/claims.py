@@ -72,6 +72,18 @@ class Claim:
     :param str key: ``"psnr"`` (dB) or ``"equivariance"`` (equivariance error).
     :param float threshold: the margin of the claim.
     :param int sign: ``+1``: the difference must exceed ``threshold``; ``-1``: stay below it.
+
+    |sep|
+
+    :Example:
+
+    >>> from deepinv_deq.experiments.claims import Claim
+    >>> within = Claim("ei_vs_sup", "within 1 dB of supervised", ("deq", "ei"), ("deq", "sup"),
+    ...                threshold=-1.0)
+    >>> within.verdict(dict(mean=-0.6, lo=-0.9, hi=-0.3, n=3))
+    'holds'
+    >>> within.verdict(dict(mean=-0.9, lo=-1.5, hi=-0.3, n=3))
+    'unresolved'
     """
 
     name: str
