@@ -122,7 +122,7 @@ CLAIMS = (
     Claim("deq_vs_red", "EI-DEQ beats RED", ("deq", "ei"), ("red", "none")),
     Claim(
         "equivariance",
-        "EI-DEQ is more equivariant than the supervised DEQ",
+        "EI-DEQ more equivariant than the supervised DEQ",
         ("deq", "ei"),
         ("deq", "sup"),
         key="equivariance",
