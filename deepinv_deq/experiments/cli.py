@@ -281,11 +281,18 @@ def _claim_runs() -> tuple:
 
 
 def configuration_table() -> str:
-    r"""The configurations of ``deepinv-deq claims``, one line each: task, preset and settings."""
+    r"""The configurations of ``deepinv-deq claims``, one entry each: task, preset, settings and
+    measured cost (:data:`~deepinv_deq.experiments.configurations.MEASURED`)."""
+    import textwrap
+
+    from .configurations import MEASURED
+
     lines = []
     for name, (task, preset, own) in CONFIGURATIONS.items():
         what = ", ".join(f"{k}={v}" for k, v in own.items())
-        lines.append(f"  {name}: {task}, preset {preset}, {what}")
+        cost = MEASURED.get(name, "time not measured")
+        text = f"{name}: {task}, preset {preset}, {what}; {cost}"
+        lines.append(textwrap.fill(text, 96, initial_indent="  ", subsequent_indent="    "))
     return "\n".join(lines)
 
 

@@ -40,6 +40,9 @@ CONFIGURATIONS = {
     "ct64-25v": ("ct", "scale", dict(img_size=64, views=25)),
 }
 
+#: name -> the measured training cost of the claims' runs on it (``deepinv-deq claims --help``)
+MEASURED = {}
+
 
 def configuration(name: str, **overrides) -> tuple[str, ExperimentConfig]:
     r"""The task and settings of the configuration ``name`` (further ``overrides`` on top).
