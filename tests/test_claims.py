@@ -160,3 +160,16 @@ def test_gain_correlation_follows_the_null_space():
     flipped = dict(null_space=[0.7, 0.6, 0.4, 0.1])  # 0.7 - gain / 10
     assert claims.gain_correlation([ei, mc], flipped) == pytest.approx(-1.0)
     assert claims.gain_correlation([ei], fact) is None
+
+
+def test_pooled_counts_seeds_on_each_claims_side_of_its_threshold():
+    rows = [
+        dict(claim="ei_vs_sup", diffs=[-0.5, -1.5, -0.9]),  # above -1 dB: 2 of 3
+        dict(claim="ei_vs_sup", diffs=[-0.2]),
+        dict(claim="equivariance", diffs=[-0.01, 0.02]),  # below 0: 1 of 2
+    ]
+    pool = claims.pooled(rows)
+    assert (pool["ei_vs_sup"]["k"], pool["ei_vs_sup"]["n"]) == (3, 4)
+    assert pool["ei_vs_sup"]["p"] == pytest.approx(5 / 16)  # P(X >= 3), X ~ Bin(4, 1/2)
+    assert (pool["equivariance"]["k"], pool["equivariance"]["n"]) == (1, 2)
+    assert "id_vs_jfb" not in pool

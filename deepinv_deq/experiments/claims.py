@@ -163,6 +163,43 @@ def judge(results: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
+def pooled(rows: list[dict]) -> dict:
+    r"""Each claim over every configuration at once: how many of the per-seed paired differences
+    lie on its side of the threshold, and the one-sided sign-test probability of at least that many
+    if each were a fair coin, :math:`P(X \ge k)`, :math:`X \sim \mathrm{Bin}(n, 1/2)`.
+
+    A summary across configurations, not a verdict: it treats the seeds of different
+    configurations as independent draws of one effect, which they are not quite (the effect may
+    differ from one configuration to another).
+
+    :param list rows: rows of :func:`judge`.
+    :return: claim name -> ``dict(k, n, p)``.
+
+    |sep|
+
+    :Example:
+
+    >>> from deepinv_deq.experiments.claims import pooled
+    >>> rows = [dict(claim="id_vs_jfb", diffs=[0.4, 1.1, 0.2]), dict(claim="id_vs_jfb", diffs=[-0.1])]
+    >>> pooled(rows)["id_vs_jfb"]
+    {'k': 3, 'n': 4, 'p': 0.3125}
+    """
+    out = {}
+    for c in CLAIMS:
+        diffs = [d for r in rows if r["claim"] == c.name for d in r["diffs"]]
+        if not diffs:
+            continue
+        k = sum(c.sign * (d - c.threshold) > 0 for d in diffs)
+        n = len(diffs)
+        p = sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
+        out[c.name] = dict(k=k, n=n, p=p)
+    return out
+
+
+def _pooled_cell(value: dict | None) -> str:
+    return "-" if value is None else f"{value['k']}/{value['n']} (p = {value['p']:.2g})"
+
+
 def _number(value: float, key: str) -> str:
     return (
         "n/a" if value is None or math.isnan(value) else f"{value:+.{2 if key == 'psnr' else 4}f}"
@@ -192,12 +229,13 @@ def markdown(rows: list[dict], facts: dict | None = None) -> str:
     claims = {c.name: c for c in CLAIMS}
     names = list(dict.fromkeys(r["configuration"] for r in rows))
     cell = {(r["configuration"], r["claim"]): r["verdict"] for r in rows}
-    lines = ["| claim | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    pool = pooled(rows)
+    lines = ["| claim | " + " | ".join(names) + " | seeds on its side, all configurations |"]
+    lines.append("|---|" + "---|" * (len(names) + 1))
     for c in CLAIMS:
         if any((n, c.name) in cell for n in names):
-            lines.append(
-                f"| {c.statement} | " + " | ".join(cell.get((n, c.name), "-") for n in names) + " |"
-            )
+            verdicts = " | ".join(cell.get((n, c.name), "-") for n in names)
+            lines.append(f"| {c.statement} | {verdicts} | {_pooled_cell(pool.get(c.name))} |")
     lines += [
         "",
         "| configuration | claim | a - b | mean | 95% interval | seeds | verdict "
@@ -451,12 +489,15 @@ def rst(rows: list[dict], facts: dict | None = None) -> str:
     names = list(dict.fromkeys(r["configuration"] for r in rows))
     cell = {(r["configuration"], r["claim"]): r for r in rows}
     present = [c for c in CLAIMS if any((n, c.name) in cell for n in names)]
+    pool = pooled(rows)
     matrix = [
         [c.statement]
         + [cell[(n, c.name)]["verdict"] if (n, c.name) in cell else "-" for n in names]
+        + [_pooled_cell(pool.get(c.name))]
         for c in present
     ]
-    lines = _list_table("Verdict of each claim on each configuration", ["claim", *names], matrix)
+    header = ["claim", *names, "seeds on its side, all configurations (sign test)"]
+    lines = _list_table("Verdict of each claim on each configuration", header, matrix)
     for c in present:
         unit = "dB" if c.key == "psnr" else "equivariance error"
         body = []
