@@ -40,8 +40,17 @@ CONFIGURATIONS = {
     "ct64-25v": ("ct", "scale", dict(img_size=64, views=25)),
 }
 
-#: name -> the measured training cost of the claims' runs on it (``deepinv-deq claims --help``)
-MEASURED = {}
+#: name -> the measured training cost of the claims' runs on it (``deepinv-deq claims --help``):
+#: CPU time of training every run, summed over its seeds, one thread (2026-12-05, 2-core machine;
+#: PnP/RED denoisers and the evaluations not included)
+MEASURED = {
+    "ct32-12v": "1536 s of training CPU",
+    "ct32-6v": "1271 s of training CPU",
+    "mri64-8x": "2789 s of training CPU",
+    "mri64-4x": "5806 s of training CPU",
+    "deblur32-s1": "552 s of training CPU",
+    "deblur48-s2": "1270 s of training CPU",
+}
 
 
 def configuration(name: str, **overrides) -> tuple[str, ExperimentConfig]:
