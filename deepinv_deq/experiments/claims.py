@@ -496,7 +496,7 @@ def rst(rows: list[dict], facts: dict | None = None) -> str:
         + [_pooled_cell(pool.get(c.name))]
         for c in present
     ]
-    header = ["claim", *names, "seeds on its side, all configurations (sign test)"]
+    header = ["claim", *names, "seeds on its side (sign test)"]
     lines = _list_table("Verdict of each claim on each configuration", header, matrix)
     for c in present:
         unit = "dB" if c.key == "psnr" else "equivariance error"
