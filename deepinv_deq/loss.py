@@ -22,9 +22,8 @@ deepinv's any more.
 
 The adapters do not copy deepinv's code: they call deepinv's own ``forward`` with the model (and,
 for EI, the transformation) wrapped, so they follow deepinv when it changes. With any model that
-is not a :class:`deepinv_deq.DEQ` they are exactly their deepinv parents.
-
-.. footbibliography::
+is not a :class:`deepinv_deq.DEQ` they are exactly their deepinv parents. (The references are
+listed at the end of the page that shows this text, the API reference.)
 """
 
 from __future__ import annotations
