@@ -65,12 +65,15 @@ def test_judge_pairs_seeds_and_reports_converged_fractions():
     sup = rows["ei_vs_sup"]
     assert sup["mean"] == pytest.approx(-2.1333333) and sup["verdict"] == "fails"
     assert (sup["fwd_a"], sup["fwd_b"]) == (1.0, 0.9)
+    # the supervised run has 10 % unconverged solves: its comparisons are marked, the others not
+    assert sup["unconverged"] and not jfb["unconverged"]
     assert rows["equivariance"]["verdict"] == "holds"
     tables = claims.rst(judge({"cfg": runs}))
     assert tables.count(".. list-table::") == 1 + 3  # the verdicts, then one table per claim
-    assert "   * - EI-DEQ within 1 dB of the supervised DEQ\n     - fails" in tables
+    assert "   * - EI-DEQ within 1 dB of the supervised DEQ\n     - fails (†)" in tables
     text = claims.markdown(judge({"cfg": runs}))
-    assert "| EI-DEQ within 1 dB of the supervised DEQ | fails |" in text
+    assert "| EI-DEQ within 1 dB of the supervised DEQ | fails (†) |" in text
+    assert "| EI-DEQ: implicit differentiation beats JFB | holds |" in text
     assert "| cfg | EI-DEQ: implicit differentiation beats JFB |" in text and "90.0%" in text
 
 

@@ -44,6 +44,8 @@ CLAIM_RUNS = (
     ("pinv", "none"),
 )
 VERDICTS = ("holds", "unresolved", "fails")
+#: converged fraction below which a run's score is marked as partly that of capped iterates
+CONVERGED = 0.99
 #: the reconstruction figures of each configuration, one per question: name -> runs shown
 FIGURES = {
     "training": (("deq", "ei"), ("deq-jfb", "ei"), ("deq", "mc"), ("deq", "sup")),
@@ -137,9 +139,11 @@ def judge(results: dict[str, list[dict]]) -> list[dict]:
     :param dict results: configuration name -> the results of its runs
         (:func:`~deepinv_deq.experiments.runner.run`).
     :return: one row per (configuration, claim): the paired difference (``mean``, ``lo``, ``hi``,
-        ``n``, per-seed ``diffs``), the ``verdict``, and the forward converged fraction of both
-        runs (``fwd_a``, ``fwd_b``; ``None`` for a method without a solver). Claims whose runs are
-        missing are left out.
+        ``n``, per-seed ``diffs``), the ``verdict``, the forward and backward converged fractions
+        of both runs (``fwd_a``, ``bwd_a``, ``fwd_b``, ``bwd_b``; ``None`` where a method has no
+        such solve) and ``unconverged``: whether a run has fewer than :data:`CONVERGED` of its
+        solves at the tolerance (then its score is partly that of capped iterates, and the verdict
+        is marked). Claims whose runs are missing are left out.
     """
     rows = []
     for name, runs in results.items():
@@ -156,7 +160,14 @@ def judge(results: dict[str, list[dict]]) -> list[dict]:
                     key=claim.key,
                     verdict=claim.verdict(d),
                     fwd_a=a.get("fwd_converged"),
+                    bwd_a=a.get("bwd_converged"),
                     fwd_b=b.get("fwd_converged"),
+                    bwd_b=b.get("bwd_converged"),
+                    unconverged=any(
+                        v is not None and v < CONVERGED
+                        for r in (a, b)
+                        for v in (r.get("fwd_converged"), r.get("bwd_converged"))
+                    ),
                     **(d or dict(diffs=[], mean=math.nan, lo=math.nan, hi=math.nan, n=0)),
                 )
             )
@@ -218,8 +229,25 @@ def _correlation(fact: dict) -> str:
 
 
 def _converged(row: dict) -> str:
-    parts = [percent(v) for v in (row["fwd_a"], row["fwd_b"]) if v is not None]
-    return " / ".join(parts) if parts else "-"
+    # "fwd / bwd" of run a, then of run b ("-" where a run has no such solve)
+    parts = []
+    for side in ("a", "b"):
+        fwd, bwd = row.get(f"fwd_{side}"), row.get(f"bwd_{side}")
+        if fwd is not None:
+            parts.append(percent(fwd) + ("" if bwd is None else f" / {percent(bwd)}"))
+    return "; ".join(parts) if parts else "-"
+
+
+def _verdict(row: dict) -> str:
+    return row["verdict"] + (" (†)" if row.get("unconverged") else "")
+
+
+#: legend of the mark on a verdict that rests on a run with unconverged solves
+MARK = (
+    "(†): a run of the comparison has fewer than 99 % of its forward or backward solves at the "
+    "tolerance; its score is partly that of iterates stopped by the cap, so the verdict is not "
+    "one on the method's fixed points."
+)
 
 
 def markdown(rows: list[dict], facts: dict | None = None) -> str:
@@ -228,7 +256,7 @@ def markdown(rows: list[dict], facts: dict | None = None) -> str:
     forward converged fractions of both runs; and the configurations' facts when given."""
     claims = {c.name: c for c in CLAIMS}
     names = list(dict.fromkeys(r["configuration"] for r in rows))
-    cell = {(r["configuration"], r["claim"]): r["verdict"] for r in rows}
+    cell = {(r["configuration"], r["claim"]): _verdict(r) for r in rows}
     pool = pooled(rows)
     lines = ["| claim | " + " | ".join(names) + " | seeds on its side, all configurations |"]
     lines.append("|---|" + "---|" * (len(names) + 1))
@@ -238,8 +266,10 @@ def markdown(rows: list[dict], facts: dict | None = None) -> str:
             lines.append(f"| {c.statement} | {verdicts} | {_pooled_cell(pool.get(c.name))} |")
     lines += [
         "",
+        MARK,
+        "",
         "| configuration | claim | a - b | mean | 95% interval | seeds | verdict "
-        "| fwd converged (a / b) |",
+        "| converged fwd / bwd (a; b) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -248,7 +278,7 @@ def markdown(rows: list[dict], facts: dict | None = None) -> str:
         ci = f"[{_number(r['lo'], c.key)}, {_number(r['hi'], c.key)}]"
         lines.append(
             f"| {r['configuration']} | {c.statement} | {'/'.join(c.a)} - {'/'.join(c.b)} ({unit}) "
-            f"| {_number(r['mean'], c.key)} | {ci} | {r['n']} | {r['verdict']} | {_converged(r)} |"
+            f"| {_number(r['mean'], c.key)} | {ci} | {r['n']} | {_verdict(r)} | {_converged(r)} |"
         )
     if facts:
         lines += [
@@ -279,7 +309,8 @@ def write(rows: list[dict], out, facts: dict | None = None, name: str = "claims"
     paths = {ext: out / f"{name}.{ext}" for ext in ("md", "csv", "json", "rst")}
     paths["md"].write_text(markdown(rows, facts))
     paths["rst"].write_text(rst(rows, facts))
-    fields = ["configuration", "claim", "key", "mean", "lo", "hi", "n", "verdict", "fwd_a", "fwd_b"]
+    fields = ["configuration", "claim", "key", "mean", "lo", "hi", "n", "verdict", "unconverged"]
+    fields += ["fwd_a", "bwd_a", "fwd_b", "bwd_b"]
     with open(paths["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -492,12 +523,13 @@ def rst(rows: list[dict], facts: dict | None = None) -> str:
     pool = pooled(rows)
     matrix = [
         [c.statement]
-        + [cell[(n, c.name)]["verdict"] if (n, c.name) in cell else "-" for n in names]
+        + [_verdict(cell[(n, c.name)]) if (n, c.name) in cell else "-" for n in names]
         + [_pooled_cell(pool.get(c.name))]
         for c in present
     ]
     header = ["claim", *names, "seeds on its side (sign test)"]
     lines = _list_table("Verdict of each claim on each configuration", header, matrix)
+    lines += [MARK, ""]
     for c in present:
         unit = "dB" if c.key == "psnr" else "equivariance error"
         body = []
@@ -506,11 +538,9 @@ def rst(rows: list[dict], facts: dict | None = None) -> str:
             if r is None:
                 continue
             ci = f"[{_number(r['lo'], c.key)}, {_number(r['hi'], c.key)}]"
-            body.append(
-                [n, _number(r["mean"], c.key), ci, str(r["n"]), r["verdict"], _converged(r)]
-            )
+            body.append([n, _number(r["mean"], c.key), ci, str(r["n"]), _verdict(r), _converged(r)])
         header = ["configuration", f"mean ({unit})", "95% interval", "seeds", "verdict"]
-        header.append("fwd converged (a / b)")
+        header.append("converged fwd / bwd (a; b)")
         what = f"{c.statement}: {'/'.join(c.a)} - {'/'.join(c.b)}"
         lines += _list_table(what, header, body)
     if facts:

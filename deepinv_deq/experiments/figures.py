@@ -222,7 +222,8 @@ VERDICT_COLOURS = {"holds": "tab:green", "unresolved": "tab:gray", "fails": "tab
 
 def claims_forest(rows: list[dict], claims, path, cols: int = 4) -> Path | None:
     r"""One panel per claim: each configuration's mean paired difference with its 95 % interval,
-    coloured by verdict (green holds, grey unresolved, red fails), the claim's threshold dashed.
+    coloured by verdict (green holds, grey unresolved, red fails), the claim's threshold dashed;
+    a hollow dot where a run of the comparison has unconverged solves (``row["unconverged"]``).
 
     :param list rows: rows of :func:`deepinv_deq.experiments.claims.judge`.
     :param list claims: the :class:`~deepinv_deq.experiments.claims.Claim` objects, in panel order.
@@ -251,7 +252,9 @@ def claims_forest(rows: list[dict], claims, path, cols: int = 4) -> Path | None:
             lo, hi = r["lo"], r["hi"]
             if lo == lo:  # an interval exists (two seeds or more)
                 ax.plot([lo, hi], [k, k], color=colour, lw=2.5)
-            ax.plot([r["mean"]], [k], "o", color=colour, ms=6)
+            # hollow: a run of the comparison has unconverged solves (claims.CONVERGED)
+            hollow = dict(mfc="white") if r.get("unconverged") else {}
+            ax.plot([r["mean"]], [k], "o", color=colour, ms=6, **hollow)
         ax.axvline(c.threshold, color="black", ls="--", lw=1)
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names if ax in axes[:, 0] else [], fontsize=FONT - 1)
