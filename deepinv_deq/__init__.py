@@ -2,14 +2,16 @@ r"""deepinv-deq: deep equilibrium models for imaging inverse problems, trained w
 imaging, as a plugin for `deepinv <https://deepinv.github.io>`_.
 
 Importing this package registers :class:`DEQ` as ``deepinv.models.DEQ``,
-:class:`ImplicitBackward` as ``deepinv.optim.ImplicitBackward`` and the DEQ-aware losses under
-``deepinv.loss``.
+:class:`ImplicitBackward` as ``deepinv.optim.ImplicitBackward``, the DEQ-aware losses under
+``deepinv.loss`` and :class:`SparseMatrixPhysics` as ``deepinv.physics.SparseMatrixPhysics``.
 
 Package map (data flows one way: experiments -> Trainer -> DEQ -> map, solver, backward -> physics;
 nothing below ``deq`` imports from ``experiments`` or ``loss``):
 
 - ``deq``: :class:`DEQ`, a deepinv Reconstructor composed of a map, a forward solver and a backward.
 - ``maps``: fixed-point maps (PGD, HQS, RED, any callable).
+- ``physics``: :class:`SparseMatrixPhysics`, a linear physics stored as sparse matrices (the same
+  operator, applied faster).
 - ``denoisers``: :class:`ContractiveDenoiser`, a contraction at initialisation.
 - ``solvers``: fixed-point iteration, Anderson acceleration, GMRES; statuses and statistics.
 - ``backward``: implicit differentiation, JFB, phantom gradients.
@@ -31,6 +33,7 @@ __all__ = [
     "DEQMOEILoss",
     "DEQSureGaussianLoss",
     "JacobianNormLoss",
+    "SparseMatrixPhysics",
     "DEQMonitor",
     "ContractiveDenoiser",
     "spectral_radius",
@@ -38,6 +41,7 @@ __all__ = [
     "solvers",
     "backward",
     "maps",
+    "physics",
     "denoisers",
     "diagnostics",
     "stabilisers",
@@ -54,8 +58,9 @@ if not getattr(_sys.modules.get("_deepinv_deq_cli"), "PARSING", False):
     from .loss import DEQEILoss, DEQMOEILoss, DEQSureGaussianLoss, JacobianNormLoss
     from .monitor import DEQMonitor
     from .denoisers import ContractiveDenoiser
+    from .physics import SparseMatrixPhysics
     from .stabilisers import spectral_radius, spectral_normalize
-    from . import denoisers, diagnostics, stabilisers
+    from . import denoisers, diagnostics, physics, stabilisers
 
     from .plugin import register as _register
 

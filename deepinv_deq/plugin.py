@@ -39,6 +39,7 @@ _REGISTRY: tuple[tuple[str, str], ...] = (
     ("deepinv.loss", "DEQMOEILoss"),
     ("deepinv.loss", "DEQSureGaussianLoss"),
     ("deepinv.loss", "JacobianNormLoss"),
+    ("deepinv.physics", "SparseMatrixPhysics"),
 )
 
 _PACKAGE = "deepinv_deq"

@@ -20,6 +20,7 @@ NAMESPACES = {
     "deepinv.models": ["DEQ"],
     "deepinv.optim": ["ImplicitBackward"],
     "deepinv.loss": ["DEQEILoss", "DEQMOEILoss", "DEQSureGaussianLoss", "JacobianNormLoss"],
+    "deepinv.physics": ["SparseMatrixPhysics"],
 }
 EXPECTED = {(namespace, name) for namespace, names in NAMESPACES.items() for name in names}
 

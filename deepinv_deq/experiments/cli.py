@@ -30,7 +30,8 @@ from pathlib import Path
 
 from . import commands, configs
 from .commands import option_message
-from .configs import DEMO_RUNS, DEQ_ITERATIONS, FIXED, METHODS, PRESETS, REGIMES, TASKS
+from .configs import CT_OPERATORS, DEMO_RUNS, DEQ_ITERATIONS, FIXED, METHODS, PRESETS
+from .configs import REGIMES, TASKS
 from .configs import ExperimentConfig
 from .configurations import CONFIGURATIONS
 
@@ -44,7 +45,11 @@ DEFAULT_SIZE = {
 #: settings that have their own option (not generated from :class:`ExperimentConfig`).
 _OWN_OPTIONS = ("data", "seed", "device")
 #: choices of the settings that have a fixed set of values.
-_CHOICES = {"transform": ("rotate", "shift"), "iteration": DEQ_ITERATIONS}
+_CHOICES = {
+    "transform": ("rotate", "shift"),
+    "iteration": DEQ_ITERATIONS,
+    "ct_operator": CT_OPERATORS,
+}
 #: what ``eval`` accepts: it re-evaluates trained runs with their stored settings.
 EVAL_OPTIONS = ("--out", "--device", "--n-test", "--threads", "--quiet", "--verbose", "-q", "-v")
 

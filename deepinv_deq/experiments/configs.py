@@ -23,6 +23,8 @@ MRI_DATA = ("phantoms", "mni")
 #: ``budget`` choices: ``epochs`` epochs, or from ``epochs`` on until the validation PSNR
 #: plateaus (:mod:`deepinv_deq.experiments.plateau`).
 BUDGETS = ("fixed", "plateau")
+#: ``ct_operator`` choices: how the CT operator is applied (the same operator either way)
+CT_OPERATORS = ("sparse", "deepinv")
 #: method name -> short description (the order of the tables).
 METHODS = {
     "deq": "DEQ, implicit differentiation (ours)",
@@ -249,6 +251,10 @@ class ExperimentConfig:
     :param float plateau_fraction: the trailing fraction of the steps the gain is measured over.
     :param int max_epochs: cap of the plateau budget; ``0`` means ``4 * epochs``.
     :param int seed: first seed of data, masks, noise and initialisation.
+    :param str ct_operator: how the CT operator is applied: ``"sparse"``, deepinv's
+        ``Tomography`` stored as sparse matrices (:class:`deepinv_deq.physics.SparseMatrixPhysics`:
+        the same operator up to float rounding, many times faster), or ``"deepinv"``, deepinv's
+        ``Tomography`` itself. Like ``device``, not a setting a trained run depends on.
     :param str device: torch device.
     """
 
@@ -294,6 +300,7 @@ class ExperimentConfig:
     plateau_fraction: float = 0.2
     max_epochs: int = 0
     seed: int = 0
+    ct_operator: str = "sparse"
     device: str = "cpu"
 
     def __post_init__(self):
@@ -354,6 +361,7 @@ class ExperimentConfig:
             setattr(self, name, check_float(o, name, getattr(self, name), 0.0, strict_min=True))
         self.blur_noise = check_float(o, "blur_noise", self.blur_noise, 0.0)
         self.budget = check_choice(o, "budget", self.budget, BUDGETS)
+        self.ct_operator = check_choice(o, "ct_operator", self.ct_operator, CT_OPERATORS)
         self.plateau_fraction = check_float(
             o, "plateau_fraction", self.plateau_fraction, 0.0, 1.0, strict_min=True
         )
@@ -413,9 +421,11 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     def training_key(self) -> dict:
-        r"""The settings a trained checkpoint depends on (everything but the device)."""
+        r"""The settings a trained checkpoint depends on (everything but the device and how the CT
+        operator is applied)."""
         d = self.to_dict()
         d.pop("device")
+        d.pop("ct_operator")
         return d
 
 

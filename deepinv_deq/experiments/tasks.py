@@ -2,7 +2,8 @@ r"""The two inverse problems of the paper, as deepinv physics.
 
 - Sparse-view CT: :class:`deepinv.physics.Tomography`, parallel beam, ``views`` angles over
   180 degrees, normalised so that :math:`\|A\|=1` (then a PGD step size :math:`\eta=1\le 1/\|A\|^2`),
-  Gaussian noise.
+  Gaussian noise; applied as sparse matrices (:class:`deepinv_deq.physics.SparseMatrixPhysics`,
+  the same operator) unless ``ct_operator="deepinv"``.
 - Accelerated MRI: single-coil :class:`deepinv.physics.MRI` with a fixed Cartesian mask drawn by
   deepinv's :class:`deepinv.physics.generator.GaussianMaskGenerator` (acceleration 4 by default,
   8 % fully sampled central lines as in fastMRI's 4x masks), Gaussian noise. :math:`\|A\|=1`
@@ -43,6 +44,10 @@ def build_physics(task: str, cfg: ExperimentConfig, rng: torch.Generator | None 
             noise_model=dinv.physics.GaussianNoise(sigma=cfg.ct_noise, rng=rng),
             device=device,
         )
+        if cfg.ct_operator == "sparse":
+            from ..physics import SparseMatrixPhysics
+
+            physics = SparseMatrixPhysics(physics)
     elif task == "mri":
         gen = dinv.physics.generator.GaussianMaskGenerator(
             img_size=(n, n),
