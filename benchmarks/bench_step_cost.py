@@ -19,7 +19,9 @@ forward map evaluations and backward products (vector-Jacobian products, precond
 included) per step, CPU time per step (median), the time ratio to the JFB step, and the relative
 error of the first step's parameter gradient against a tight reference (GMRES to 1e-7).
 
-Run: ``python benchmarks/bench_step_cost.py [--steps 8] [--loss ei|sup|both]``.
+``--physics sparse`` applies the same operator as :class:`deepinv_deq.physics.SparseMatrixPhysics`.
+
+Run: ``python benchmarks/bench_step_cost.py [--steps 8] [--loss ei|sup|both] [--physics sparse]``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import deepinv as dinv
 
 from deepinv_deq import DEQ, ContractiveDenoiser
 from deepinv_deq.backward import ImplicitDifferentiation
+from deepinv_deq.physics import SparseMatrixPhysics
 from deepinv_deq.solvers import GMRES
 
 VARIANTS = {
@@ -112,6 +115,12 @@ def main():
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--loss", choices=("ei", "sup", "both"), default="both")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--physics",
+        choices=("deepinv", "sparse"),
+        default="deepinv",
+        help="deepinv's Tomography, or the same operator as SparseMatrixPhysics",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -122,6 +131,8 @@ def main():
         normalize=True,
         noise_model=dinv.physics.GaussianNoise(0.01, rng=torch.Generator().manual_seed(0)),
     )
+    if args.physics == "sparse":
+        physics = SparseMatrixPhysics(physics)
     np.random.seed(0)
     data = dinv.utils.RandomPhantomDataset(length=B * args.steps, size=n, use_dict_output=False)
     first = lambda item: item[0] if isinstance(item, (tuple, list)) else item
@@ -136,7 +147,8 @@ def main():
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU time; CT {n}x{n}, "
-        f"{args.angles} views, batch {B}, {args.steps} steps; forward Anderson and backward "
+        f"{args.angles} views ({args.physics} operator), batch {B}, {args.steps} steps; forward "
+        "Anderson and backward "
         f"tol {args.tol:g} (backward relative to the right-hand side)"
     )
     for kind in ("ei", "sup") if args.loss == "both" else (args.loss,):

@@ -78,7 +78,13 @@ class SparseMatrixPhysics(dinv.physics.LinearPhysics):
         :math:`|\langle Ax, y\rangle - \langle x, A^\top y\rangle| / (\|Ax\|\|y\|)` accepted
         between ``physics.A_adjoint`` and the transpose of :math:`A`. Default: ``1e-5``.
     :param int chunk_size: basis images per application of ``physics.A`` while building.
-        Default: ``256``.
+        Default: ``32``.
+
+    Building costs :math:`n` applications of :math:`A` (in batches of ``chunk_size``): on one
+    CPU thread about 0.1 s for ``Tomography`` at 32x32, 3 s at 64x64 and 80 s at 128x128; a
+    matrix is built once per process and operator (a second physics with the same operator reuses
+    it). Memory: the non-zeros, twice (:math:`A` and :math:`A^\top`), e.g. 1.8 million at
+    128x128 with 50 views.
     :raises ValueError: if ``physics`` is not a real linear physics, if the image size is unknown,
         or if its adjoint is not the transpose of :math:`A`.
 
@@ -106,7 +112,7 @@ class SparseMatrixPhysics(dinv.physics.LinearPhysics):
         img_size: tuple | None = None,
         drop_tol: float = 0.0,
         adjoint_tol: float = 1e-5,
-        chunk_size: int = 256,
+        chunk_size: int = 32,
     ):
         owner = type(self).__name__
         if not isinstance(physics, dinv.physics.LinearPhysics):

@@ -165,7 +165,8 @@ PRESETS = {
 PRESET_NOTES = {
     "tiny": "every method in seconds (used by the tests)",
     "demo": "CT: EI-DEQ implicit and JFB, supervised DEQ (3 seeds each), untrained DEQ, FBP; "
-    "3.5 min (208 s wall, seeds in 2 processes of 1 thread, idle 2-core machine, 2026-12-05)",
+    "under 2 min (113 s wall, seeds in 2 processes of 1 thread, idle 2-core machine, "
+    "2026-12-05; 177 s with --ct-operator deepinv)",
     "cpu": "CT 32x32 and MRI 64x64, every method and regime (3 seeds); the demo's runs are its CT "
     "runs; the runs of docs/results.rst took 1008 s (CT) and 1721 s (MRI) of CPU time on "
     "one thread",
