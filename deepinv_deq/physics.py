@@ -167,6 +167,13 @@ class SparseMatrixPhysics(dinv.physics.LinearPhysics):
                 )
         return self._stored[key]
 
+    def __getstate__(self):
+        # a copy keeps the matrices in COO form; the CSR copies per device and type (which torch
+        # cannot deep-copy) are made again on first use
+        state = dict(super().__getstate__())
+        state["_stored"] = {}
+        return state
+
     def A(self, x: Tensor, **kwargs) -> Tensor:
         r"""Apply :math:`A` to a batch of images ``(B, C, H, W)``."""
         matrix, transposed = self._matrices(x, "images", self.img_size)

@@ -1,5 +1,7 @@
 """SparseMatrixPhysics: the same operator as the physics it stores, exact gradients, clear errors."""
 
+import copy
+
 import deepinv as dinv
 import pytest
 import torch
@@ -88,6 +90,16 @@ def test_deq_gradient_matches_unrolled_reference(dtype64):
     out_ct, g_ct = grads(deq, ct)
     assert (out - out_ct).abs().max() <= 1e-9
     assert (g - g_ct).norm() <= 1e-8 * g_ct.norm()
+
+
+def test_copy_and_device(device):
+    fast = SparseMatrixPhysics(tomography())
+    x = torch.rand(2, 1, 16, 16)
+    y = fast.A(x)  # makes the CSR copies, which torch cannot deep-copy
+    assert torch.equal(copy.deepcopy(fast).A(x), y)
+    # the matrices follow the input's device
+    assert torch.allclose(fast.A(x.to(device)).cpu(), y, atol=1e-6)
+    assert fast.A_adjoint(y.to(device)).device.type == device.type
 
 
 def test_any_real_linear_physics_and_follows_dtype():
