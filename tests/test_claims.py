@@ -134,6 +134,20 @@ def test_claims_command_tiny_writes_tables_figures_and_resumes(tmp_path, capsys)
     assert cli.main(args) == 0  # resumes: every run is found done
     assert "done before, skipped" in capsys.readouterr().out
     assert (tmp_path / "ct32-6v" / "ct" / "deq-ei" / "result.json").read_text() == before
+    # --partial trains nothing and judges the claims on the seeds finished so far
+    jfb = tmp_path / "ct32-6v" / "ct" / "deq-jfb-ei"
+    (jfb / "result.json").unlink()
+    (jfb / "seed_0" / "result.json").unlink()
+    assert cli.main([*args, "--partial"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs on" not in out and not (jfb / "seed_0" / "result.json").exists()
+    assert "deq ei 1/1" in out
+    partial = json.loads((tmp_path / "claims_partial.json").read_text())
+    judged = {(r["configuration"], r["claim"]) for r in partial["rows"]}
+    assert ("ct32-6v", "id_vs_jfb") not in judged and ("deblur32-s1", "id_vs_jfb") in judged
+    assert ("ct32-6v", "ei_vs_sup") in judged
+    assert (tmp_path / "ct32-6v" / "results_partial.md").stat().st_size > 0
+    assert (tmp_path / "claims_partial.png").stat().st_size > 0
 
 
 def test_claims_command_refuses_an_unknown_configuration(tmp_path, capsys):

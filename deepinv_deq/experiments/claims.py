@@ -503,6 +503,48 @@ def measure(
     return results
 
 
+def finished(names, out, size: str | None = None, **overrides) -> dict:
+    r"""The runs of :data:`CLAIM_RUNS` as far as they are trained, without training anything: for
+    a configuration that runs in parts (e.g. ``ct64-25v``), the claims on the seeds finished so far.
+
+    Each run is aggregated (:func:`~deepinv_deq.experiments.evaluation.aggregate`) over the seeds
+    whose ``seed_<s>/result.json`` exists, and records them in ``seeds`` and ``partial``
+    (``"k/n"`` of its ``n`` seeds); a run without a finished seed is left out, and with it the
+    claims that need it (:func:`judge` pairs the seeds two runs share).
+
+    :param list names: configuration names.
+    :param str out: the output folder of ``deepinv-deq claims``.
+    :param str size: ``None`` or ``"tiny"`` (:func:`configuration_settings`).
+    :param overrides: settings applied to every configuration.
+    :return: configuration name -> list of run results.
+    :raises ValueError: if a run folder holds a run with other settings.
+    """
+    from .configs import FIXED
+    from .evaluation import aggregate
+    from .layout import check_settings, run_dir
+
+    results = {}
+    for name in names:
+        task, cfg = configuration_settings(name, size, **overrides)
+        results[name] = []
+        for method, regime in CLAIM_RUNS:
+            folder = run_dir(Path(out) / name, task, method, regime)
+            if not (folder / "config.json").exists():
+                continue
+            check_settings(folder, cfg)
+            seeds = [cfg.seed] if method in FIXED else cfg.seed_list()
+            per_seed = [
+                json.loads((folder / f"seed_{s}" / "result.json").read_text())
+                for s in seeds
+                if (folder / f"seed_{s}" / "result.json").exists()
+            ]
+            if per_seed:
+                result = aggregate(task, method, regime, per_seed)
+                result["partial"] = f"{len(per_seed)}/{len(seeds)}"
+                results[name].append(result)
+    return results
+
+
 def _list_table(caption: str, header: list[str], body: list[list[str]]) -> list[str]:
     lines = [f".. list-table:: {caption}", "   :header-rows: 1", ""]
     for row in [header, *body]:

@@ -422,6 +422,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="tiny: every configuration shrunk to the tiny preset, generated images, one seed "
         "(checks the whole pipeline in about a minute a configuration; not results)",
     )
+    c.add_argument(
+        "--partial",
+        action="store_true",
+        help="train nothing: judge the claims on the seeds finished so far in --out (for a "
+        "configuration run in parts); writes claims_partial.md/.csv/.json/.rst and "
+        "claims_partial.png, and each configuration's results_partial.md",
+    )
     m = parsers["claims"].add_argument_group("output and machine")
     m.add_argument(
         "--out",

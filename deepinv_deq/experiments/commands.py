@@ -265,6 +265,8 @@ def claims(args, out: Path, argv, progress, log, say, error) -> int:
         error(option_message(e))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if args.partial:
+        return _partial_claims(c, names, out, args, log, say, error)
     try:
         results = c.measure(
             names,
@@ -304,6 +306,40 @@ def claims(args, out: Path, argv, progress, log, say, error) -> int:
     say(c.markdown(rows, facts))
     say("written: " + ", ".join(written))
     log(f"total time {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _partial_claims(c, names, out: Path, args, log, say, error) -> int:
+    # ``claims --partial``: the claims on the seeds finished so far, nothing trained
+    from .figures import claims_forest
+    from .layout import RunSettingsError
+    from .results import write_tables
+
+    try:
+        results = c.finished(names, out, size=args.size, device=args.device)
+    except RunSettingsError as e:
+        error(option_message(e))
+    facts, written = {}, []
+    for name in names:
+        runs = ", ".join(f"{r['method']} {r['regime']} {r['partial']}" for r in results[name])
+        log(f"{name}: seeds finished: {runs or 'none'}")
+        if results[name]:
+            task, cfg = c.configuration_settings(name, args.size, device=args.device)
+            facts[name] = c.facts(name, cfg)
+            facts[name]["train_cpu_s"] = sum(r.get("train_s") or 0.0 for r in results[name])
+            paths = write_tables(
+                results[name], out / name, name="results_partial", config=cfg.to_dict()
+            )
+            written += [str(p) for p in paths.values()]
+    rows = c.judge(results)
+    paths = c.write(rows, out, facts, name="claims_partial")
+    written += [str(p) for p in paths.values()]
+    figure = claims_forest(rows, c.CLAIMS, out / "claims_partial.png")
+    if figure is not None:
+        written.append(str(figure))
+    say("")
+    say(c.markdown(rows, facts))
+    say("written: " + ", ".join(written))
     return 0
 
 
