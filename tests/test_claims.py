@@ -147,6 +147,7 @@ def test_claims_command_tiny_writes_tables_figures_and_resumes(tmp_path, capsys)
     assert ("ct32-6v", "id_vs_jfb") not in judged and ("deblur32-s1", "id_vs_jfb") in judged
     assert ("ct32-6v", "ei_vs_sup") in judged
     assert (tmp_path / "ct32-6v" / "results_partial.md").stat().st_size > 0
+    assert (tmp_path / "ct32-6v" / "curves_partial.png").stat().st_size > 0
     assert (tmp_path / "claims_partial.png").stat().st_size > 0
 
 

@@ -427,7 +427,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         action="store_true",
         help="train nothing: judge the claims on the seeds finished so far in --out (for a "
         "configuration run in parts); writes claims_partial.md/.csv/.json/.rst and "
-        "claims_partial.png, and each configuration's results_partial.md",
+        "claims_partial.png, and each configuration's results_partial.md and curves_partial.png",
     )
     m = parsers["claims"].add_argument_group("output and machine")
     m.add_argument(

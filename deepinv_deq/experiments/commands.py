@@ -311,7 +311,7 @@ def claims(args, out: Path, argv, progress, log, say, error) -> int:
 
 def _partial_claims(c, names, out: Path, args, log, say, error) -> int:
     # ``claims --partial``: the claims on the seeds finished so far, nothing trained
-    from .figures import claims_forest
+    from .figures import claims_forest, training_curves
     from .layout import RunSettingsError
     from .results import write_tables
 
@@ -331,6 +331,11 @@ def _partial_claims(c, names, out: Path, args, log, say, error) -> int:
                 results[name], out / name, name="results_partial", config=cfg.to_dict()
             )
             written += [str(p) for p in paths.values()]
+            curves = training_curves(
+                results[name], out / name, task, out / name / "curves_partial.png"
+            )
+            if curves is not None:
+                written.append(str(curves))
     rows = c.judge(results)
     paths = c.write(rows, out, facts, name="claims_partial")
     written += [str(p) for p in paths.values()]
