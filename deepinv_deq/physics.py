@@ -70,6 +70,12 @@ class SparseMatrixPhysics(dinv.physics.LinearPhysics):
     sparse :math:`A^\top` is the exact transpose of :math:`A`, and an operator whose adjoint is
     only approximate (e.g. an inverse Radon transform) would otherwise be silently changed.
 
+    Building costs :math:`n` applications of :math:`A` (in batches of ``chunk_size``): on one
+    CPU thread about 0.1 s for ``Tomography`` at 32x32, 3 s at 64x64 and 130 s at 128x128; a
+    matrix is built once per process and operator (a second physics with the same operator reuses
+    it). Memory: the non-zeros, twice (:math:`A` and :math:`A^\top`), e.g. 1.8 million at
+    128x128 with 50 views.
+
     :param deepinv.physics.LinearPhysics physics: the operator to store (real-valued).
     :param tuple img_size: shape ``(C, H, W)`` of one image. Default: ``physics.img_size`` where
         it has one (``(1, n, n)`` for ``Tomography``).
@@ -80,11 +86,6 @@ class SparseMatrixPhysics(dinv.physics.LinearPhysics):
     :param int chunk_size: basis images per application of ``physics.A`` while building.
         Default: ``32``.
 
-    Building costs :math:`n` applications of :math:`A` (in batches of ``chunk_size``): on one
-    CPU thread about 0.1 s for ``Tomography`` at 32x32, 3 s at 64x64 and 80 s at 128x128; a
-    matrix is built once per process and operator (a second physics with the same operator reuses
-    it). Memory: the non-zeros, twice (:math:`A` and :math:`A^\top`), e.g. 1.8 million at
-    128x128 with 50 views.
     :raises ValueError: if ``physics`` is not a real linear physics, if the image size is unknown,
         or if its adjoint is not the transpose of :math:`A`.
 
