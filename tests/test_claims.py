@@ -149,6 +149,10 @@ def test_claims_command_tiny_writes_tables_figures_and_resumes(tmp_path, capsys)
     assert (tmp_path / "ct32-6v" / "results_partial.md").stat().st_size > 0
     assert (tmp_path / "ct32-6v" / "curves_partial.png").stat().st_size > 0
     assert (tmp_path / "claims_partial.png").stat().st_size > 0
+    assert (
+        "--partial"
+        in json.loads((tmp_path / "claims_partial_experiment.json").read_text())["command"]
+    )
 
 
 def test_claims_command_refuses_an_unknown_configuration(tmp_path, capsys):

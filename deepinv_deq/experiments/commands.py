@@ -266,7 +266,7 @@ def claims(args, out: Path, argv, progress, log, say, error) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.partial:
-        return _partial_claims(c, names, out, args, log, say, error)
+        return _partial_claims(c, names, out, args, argv, log, say, error)
     try:
         results = c.measure(
             names,
@@ -309,7 +309,7 @@ def claims(args, out: Path, argv, progress, log, say, error) -> int:
     return 0
 
 
-def _partial_claims(c, names, out: Path, args, log, say, error) -> int:
+def _partial_claims(c, names, out: Path, args, argv, log, say, error) -> int:
     # ``claims --partial``: the claims on the seeds finished so far, nothing trained
     from .figures import claims_forest, training_curves
     from .layout import RunSettingsError
@@ -339,6 +339,12 @@ def _partial_claims(c, names, out: Path, args, log, say, error) -> int:
     rows = c.judge(results)
     paths = c.write(rows, out, facts, name="claims_partial")
     written += [str(p) for p in paths.values()]
+    (out / "claims_partial_experiment.json").write_text(
+        json.dumps(
+            {"command": "deepinv-deq " + " ".join(argv), "versions": versions(args.device)},
+            indent=1,
+        )
+    )
     figure = claims_forest(rows, c.CLAIMS, out / "claims_partial.png")
     if figure is not None:
         written.append(str(figure))
