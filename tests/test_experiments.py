@@ -297,8 +297,11 @@ def test_paired_difference_and_flattening():
     d = paired_difference(a, b)
     assert d["diffs"] == [1.0, 2.0, 3.0] and d["mean"] == pytest.approx(2.0)
     assert d["hi"] - d["mean"] == pytest.approx(4.303 * 1.0 / 3**0.5, rel=1e-3)
-    pinv = dict(seeds=[0], psnr_seeds=[25.0])  # deterministic method: paired with every seed
+    pinv = dict(method="pinv", seeds=[0], psnr_seeds=[25.0])  # runs once: paired with every seed
     assert paired_difference(a, pinv)["diffs"] == [5.0, 6.0, 7.0]
+    # a trained run with one finished seed (claims --partial) is paired with that seed only
+    one = dict(method="deq", seeds=[1], psnr_seeds=[33.0])
+    assert paired_difference(one, b)["diffs"] == [4.0] and paired_difference(b, one)["n"] == 1
     a["per_seed"] = [
         dict(seed=s, equivariance=e) for s, e in zip([0, 1, 2], [0.1, 0.2, 0.3], strict=True)
     ]

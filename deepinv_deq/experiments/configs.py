@@ -178,10 +178,11 @@ PRESET_NOTES = {
     "every method and regime of cpu, 3 seeds, a contractive depth-8 / width-32 denoiser, each "
     "trained run until its validation PSNR gains < 0.05 dB over its last 20 % of steps (from 16 "
     "epochs, cap 64); at initialisation the DEQ solves converge (32/32 images, CT 14 and MRI 2 "
-    "iterations) and one EI-DEQ training step of 8 images takes 3.7 s (CT) and 0.7-1.1 s (MRI) of "
-    "CPU on one thread (supervised: 2.1 s and 0.4 s), so ~30 min per CT EI seed at 16 epochs and "
-    "up to 4x that at the cap: the claims' configuration ct64-25v runs it in parts; total time "
-    "not measured. The MNI slices (--mri-data mni) are 142: training, validation and test images "
+    "iterations) and one EI-DEQ training step of 8 images takes 3.7 s (CT, deepinv's operator) and "
+    "0.7-1.1 s (MRI) of CPU on one thread (supervised: 2.1 s and 0.4 s); measured in training on "
+    "CT with the sparse operator: ~3.4 s implicit, 1.6 s JFB, so an implicit CT EI seed takes 45 "
+    "min to over an hour of CPU to its plateau (24 to 54 epochs seen), a JFB one 14 min: the "
+    "claims' configuration ct64-25v runs it in parts (claims --partial); total time not measured. The MNI slices (--mri-data mni) are 142: training, validation and test images "
     "plus gaps of 5 slices must fit (e.g. --n-train 64 --n-val 16 --n-test 32)",
     "paper": "paper-like settings (GPU: 128x128, 2000 images, 100 epochs, tol 1e-4, contractive "
     "init); time not measured",

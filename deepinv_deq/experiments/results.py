@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 
-from .configs import METHODS, REGIMES
+from .configs import FIXED, METHODS, REGIMES
 
 REGIME_NAMES = {"sup": "supervised", "ei": "EI (MC + EI)", "mc": "MC only", "none": "-"}
 COLUMNS = (
@@ -74,14 +74,15 @@ def _per_seed(r: dict, key: str) -> dict:
 def paired_difference(a: dict, b: dict, key: str = "psnr") -> dict | None:
     r"""Paired difference ``a - b`` of ``key`` (``"psnr"``: the seeds' mean PSNR; or a per-seed
     quantity such as ``"equivariance"``) over the seeds two runs share (a method that runs once,
-    e.g. FBP, is paired with every seed), with a 95 % Student-t interval.
+    e.g. FBP, is paired with every seed; a trained run with fewer seeds, e.g. one still training,
+    only with its own), with a 95 % Student-t interval.
 
     :return: ``dict(diffs, mean, lo, hi, n)``, or ``None`` if the runs share no seed.
     """
     sa, sb = _per_seed(a, key), _per_seed(b, key)
-    if len(sb) == 1 and len(sa) > 1:
+    if b.get("method") in FIXED and len(sb) == 1:
         sb = {s: next(iter(sb.values())) for s in sa}
-    if len(sa) == 1 and len(sb) > 1:
+    if a.get("method") in FIXED and len(sa) == 1:
         sa = {s: next(iter(sa.values())) for s in sb}
     common = [s for s in sa if s in sb]
     if not common:
