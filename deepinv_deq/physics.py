@@ -50,8 +50,8 @@ class SparseMatrixPhysics(dinv.physics.LinearPhysics):
     r"""A linear deepinv physics whose :math:`A` and :math:`A^\top` are sparse matrix products.
 
     The matrix :math:`A \in \mathbb{R}^{m \times n}` of ``physics`` is built once from its
-    columns :math:`A e_j`, computed by ``physics.A`` on batches of canonical basis images; entries
-    of magnitude at most ``drop_tol`` times the largest are dropped (``0``: none). Then
+    columns :math:`A e_j`, computed by ``physics.A`` on batches of canonical basis images (its
+    exact zeros are left out). Then
 
     .. math::
 
@@ -79,7 +79,6 @@ class SparseMatrixPhysics(dinv.physics.LinearPhysics):
     :param deepinv.physics.LinearPhysics physics: the operator to store (real-valued).
     :param tuple img_size: shape ``(C, H, W)`` of one image. Default: ``physics.img_size`` where
         it has one (``(1, n, n)`` for ``Tomography``).
-    :param float drop_tol: relative magnitude below which entries are dropped. Default: ``0.0``.
     :param float adjoint_tol: largest relative mismatch
         :math:`|\langle Ax, y\rangle - \langle x, A^\top y\rangle| / (\|Ax\|\|y\|)` accepted
         between ``physics.A_adjoint`` and the transpose of :math:`A`. Default: ``1e-5``.
@@ -111,7 +110,6 @@ class SparseMatrixPhysics(dinv.physics.LinearPhysics):
         self,
         physics,
         img_size: tuple | None = None,
-        drop_tol: float = 0.0,
         adjoint_tol: float = 1e-5,
         chunk_size: int = 32,
     ):
@@ -120,7 +118,6 @@ class SparseMatrixPhysics(dinv.physics.LinearPhysics):
             raise ValueError(
                 f"{owner}: 'physics' must be a deepinv LinearPhysics, got {type(physics).__name__}."
             )
-        drop_tol = check_float(owner, "drop_tol", drop_tol, 0.0)
         adjoint_tol = check_float(owner, "adjoint_tol", adjoint_tol, 0.0)
         chunk_size = check_int(owner, "chunk_size", chunk_size, 1)
         img_size = _image_size(owner, physics, img_size)
@@ -130,9 +127,9 @@ class SparseMatrixPhysics(dinv.physics.LinearPhysics):
             sensor_model=physics.sensor_model,
         )
         self.physics = physics
-        key = (type(physics).__qualname__, img_size, drop_tol, _fingerprint(physics, img_size))
+        key = (type(physics).__qualname__, img_size, _fingerprint(physics, img_size))
         if key not in _BUILT:
-            matrix, shape, order = _matrix(owner, physics, img_size, drop_tol, chunk_size)
+            matrix, shape, order = _matrix(owner, physics, img_size, chunk_size)
             _BUILT[key] = (matrix, matrix.t().coalesce(), shape, order)
             while len(_BUILT) > _BUILT_MAX:
                 _BUILT.popitem(last=False)
@@ -217,7 +214,7 @@ def _image_size(owner: str, physics, img_size) -> tuple:
     return img_size
 
 
-def _matrix(owner: str, physics, img_size: tuple, drop_tol: float, chunk_size: int):
+def _matrix(owner: str, physics, img_size: tuple, chunk_size: int):
     # COO (M, N) matrix of A from A applied to the canonical basis, chunk by chunk
     n = int(torch.tensor(img_size).prod())
     device = _device(physics)
@@ -238,9 +235,6 @@ def _matrix(owner: str, physics, img_size: tuple, drop_tol: float, chunk_size: i
     index = torch.stack([torch.cat([p[1] for p in parts]), torch.cat([p[0] for p in parts])])
     values = torch.cat([p[2] for p in parts])
     m = int(torch.tensor(shape).prod())
-    if drop_tol > 0 and values.numel():
-        keep = values.abs() > drop_tol * values.abs().max()
-        index, values = index[:, keep], values[keep]
     matrix = torch.sparse_coo_tensor(index, values, (m, n), check_invariants=False)
     return matrix.coalesce(), shape, order
 

@@ -136,8 +136,8 @@ def test_errors():
         SparseMatrixPhysics(torch.nn.Identity())
     with pytest.raises(ValueError, match="not the adjoint"):
         SparseMatrixPhysics(tomography(adjoint_via_backprop=False))
-    with pytest.raises(ValueError, match="drop_tol"):
-        SparseMatrixPhysics(tomography(), drop_tol=-1.0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        SparseMatrixPhysics(tomography(), chunk_size=0)
     with pytest.raises(ValueError, match="image size"):
         SparseMatrixPhysics(dinv.physics.LinearPhysics(A=lambda x, **k: x))
     fast = SparseMatrixPhysics(tomography())

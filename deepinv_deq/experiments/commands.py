@@ -288,12 +288,7 @@ def claims(args, out: Path, argv, progress, log, say, error) -> int:
         facts[name]["train_cpu_s"] = sum(r.get("train_s") or 0.0 for r in results[name])
         gaps[name] = c.validation_gap(out / name, task)
     paths = c.write(rows, out, facts)
-    (out / "claims_experiment.json").write_text(
-        json.dumps(
-            {"command": "deepinv-deq " + " ".join(argv), "versions": versions(args.device)},
-            indent=1,
-        )
-    )
+    _save_command(out / "claims_experiment.json", argv, args.device)
     written = [str(p) for p in paths.values()]
     for path in (
         claims_forest(rows, c.CLAIMS, out / "claims.png"),
@@ -307,6 +302,12 @@ def claims(args, out: Path, argv, progress, log, say, error) -> int:
     say("written: " + ", ".join(written))
     log(f"total time {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _save_command(path: Path, argv, device: str) -> None:
+    # the command line and the versions behind a claims table
+    record = {"command": "deepinv-deq " + " ".join(argv), "versions": versions(device)}
+    path.write_text(json.dumps(record, indent=1))
 
 
 def _partial_claims(c, names, out: Path, args, argv, log, say, error) -> int:
@@ -339,12 +340,7 @@ def _partial_claims(c, names, out: Path, args, argv, log, say, error) -> int:
     rows = c.judge(results)
     paths = c.write(rows, out, facts, name="claims_partial")
     written += [str(p) for p in paths.values()]
-    (out / "claims_partial_experiment.json").write_text(
-        json.dumps(
-            {"command": "deepinv-deq " + " ".join(argv), "versions": versions(args.device)},
-            indent=1,
-        )
-    )
+    _save_command(out / "claims_partial_experiment.json", argv, args.device)
     figure = claims_forest(rows, c.CLAIMS, out / "claims_partial.png")
     if figure is not None:
         written.append(str(figure))
