@@ -279,7 +279,9 @@ class ImplicitDifferentiation(BackwardStrategy):
         instance, or ``None``. The system is then solved as :math:`(I - J_f^\top) P^{-1} t = v`,
         :math:`u = P^{-1} t`: the residual, and so the accuracy of :math:`u`, is the true one;
         only the number of products changes. It switches itself off where it does not fit the
-        operator and for states that are not image batches. Default: ``"fourier"``.
+        operator and for states that are not image batches, and where the fit is doubtful it is
+        tried on a few solves and kept only if they needed fewer products (see its docs).
+        Default: ``"fourier"``.
     :param solver_options: further options of the solver (e.g. ``history_size``); an unknown one
         raises :class:`ValueError`.
 
@@ -396,6 +398,7 @@ class ImplicitDifferentiation(BackwardStrategy):
             result = SolverResult(x=u, fx=u, stats=result.stats)
         if self.preconditioner is None:
             return result
+        self.preconditioner.observe(result.stats.nfe)  # decides a running trial
         # the products with random images that estimated the preconditioner count as the solve's
         probes = self.preconditioner.last_probes
         stats = dataclasses.replace(
