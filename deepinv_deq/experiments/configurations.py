@@ -50,9 +50,9 @@ MEASURED = {
     "mri64-4x": "5806 s of training CPU",
     "deblur32-s1": "552 s of training CPU",
     "deblur48-s2": "1270 s of training CPU",
-    "ct64-25v": "partial: 4352 s of training CPU for its first 3 finished seeds (EI-DEQ implicit "
-    "seed 0, 24 epochs; JFB seeds 0-1, 16 epochs); an EI step of 8 images ~3.4 s implicit, "
-    "1.6 s JFB",
+    "ct64-25v": "partial: 24419 s of training CPU for its 8 finished seeds (EI-DEQ implicit "
+    "seeds 0-2, 24 to 64 epochs, 19035 s; JFB seeds 0-2, 16 epochs, 2589 s; supervised seeds "
+    "0-1, 16 epochs, 2795 s); an EI step of 8 images ~3.4 s implicit, 1.6 s JFB",
 }
 
 
